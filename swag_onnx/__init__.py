@@ -1,0 +1,19 @@
+"""swag_onnx: gradient-based saliency for ONNX image classifiers on stock onnxruntime.
+
+`augment` rewrites an ONNX classifier so that it also returns the gradient of a class score with
+respect to its image input and chosen layers (standard ONNX ops only).
+"""
+
+from swag_onnx.errors import BadModelError, BadOptionError, SwagError, UnsupportedOpsError
+from swag_onnx.graph import augment, augment_model, describe
+
+__all__ = [
+    "augment",
+    "augment_model",
+    "describe",
+    "SwagError",
+    "BadModelError",
+    "BadOptionError",
+    "UnsupportedOpsError",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,187 @@
+"""Augment an ONNX classifier so that it also returns gradients (the augmented-model contract).
+
+Added to the graph, with default-domain ops only:
+- input  `swag.seed` [N, K]: the graph returns the gradient of sum(score * seed);
+- output `swag.score`: the score (logit) tensor, found before a final Softmax/LogSoftmax;
+- output `swag.grad.<image input>`: d sum(score * seed) / d image, in the image's own layout;
+- outputs `swag.act.<layer>` and `swag.grad.<layer>` for every requested layer.
+The names are recorded in metadata_props under `swag.contract` (JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from onnx import helper
+
+from swag_onnx.errors import BadModelError, BadOptionError, UnsupportedOpsError
+from swag_onnx.graph import analysis
+from swag_onnx.graph.emitter import Emitter
+from swag_onnx.graph.model_io import load_model, save_model_atomic
+from swag_onnx.graph.rules import NON_DIFFERENTIABLE, RULES, supported_ops
+
+SEED = "swag.seed"
+SCORE = "swag.score"
+CONTRACT_KEY = "swag.contract"
+CONTRACT_VERSION = 1
+
+
+def grad_name(tensor: str) -> str:
+    return f"swag.grad.{tensor}"
+
+
+def act_name(tensor: str) -> str:
+    return f"swag.act.{tensor}"
+
+
+@dataclass
+class Contract:
+    """What the augmented model computes and where to find it (stored in metadata_props)."""
+
+    image_input: str
+    layout: str
+    score: str  # the score tensor in the original graph
+    num_classes: int
+    layers: list[str]
+    version: int = CONTRACT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, sort_keys=True)
+
+    @staticmethod
+    def from_model(model: onnx.ModelProto) -> "Contract | None":
+        for prop in model.metadata_props:
+            if prop.key == CONTRACT_KEY:
+                return Contract(**json.loads(prop.value))
+        return None
+
+
+def resolve_layers(info: analysis.ModelInfo, layers, relevant: set[str]) -> list[str]:
+    """Turn the requested layer names ('auto' allowed) into tensor names on the gradient path."""
+    resolved = []
+    for layer in layers:
+        if layer == "auto":
+            if info.auto_layer is None:
+                raise BadOptionError("no spatial feature map found for --layer auto; "
+                                     "name a layer (see `swag-onnx inspect`)")
+            layer = info.auto_layer
+        elif layer not in relevant:
+            raise BadOptionError(f"layer {layer!r} is not a float tensor between the image input "
+                                 "and the score; see `swag-onnx inspect` for candidates")
+        elif layer == info.image_input:
+            raise BadOptionError(f"{layer!r} is the image input; its gradient is always returned")
+        if layer not in resolved:
+            resolved.append(layer)
+    return resolved
+
+
+def augment_model(model: onnx.ModelProto, layers=(), score: str | None = None) -> onnx.ModelProto:
+    """Return an augmented copy of `model` (the input model is not modified)."""
+    model = analysis.infer_shapes(model)
+    if any(i.name == SEED for i in model.graph.input) or Contract.from_model(model):
+        raise BadModelError("the model is already augmented by swag_onnx")
+    info, nodes, facts, relevant = analysis.analyse(model, score)
+    if info.unsupported:
+        raise UnsupportedOpsError(
+            f"{len(info.unsupported)} node(s) on the gradient path have no gradient rule: "
+            + "; ".join(info.unsupported) + ". Supported ops: " + ", ".join(supported_ops()))
+    layer_names = resolve_layers(info, layers, relevant)
+    g = Emitter(model, _all_names(model))
+    grads = _backward(g, nodes, relevant, info)
+    _attach(model, g, info, layer_names, grads)
+    _check(model)
+    return model
+
+
+def _all_names(model: onnx.ModelProto) -> set[str]:
+    names = analysis._all_tensor_names(model) | {n.name for n in model.graph.node}
+    return names | {SEED, SCORE}
+
+
+def _backward(g: Emitter, nodes, relevant: set[str], info) -> dict[str, str]:
+    """Reverse-mode walk from the score to the image input; returns tensor -> gradient name."""
+    score = info.score
+    seed = SEED if g.rank(score) == 2 else g.reshape_like(SEED, score)
+    pending: dict[str, list[str]] = {score: [seed]}
+    done: dict[str, str] = {}
+    for node in reversed(analysis.path_nodes(nodes, relevant)):
+        dys = [_collect(g, pending, done, o) for o in node.outputs]
+        if all(d is None for d in dys) or node.op in NON_DIFFERENTIABLE:
+            continue
+        needs = [bool(i) and i in relevant for i in node.inputs]
+        for name, need, grad in zip(node.inputs, needs, RULES[node.op](g, node, dys, needs)):
+            if need and grad is not None:
+                pending.setdefault(name, []).append(grad)
+    for name in list(pending):
+        _collect(g, pending, done, name)
+    return done
+
+
+def _collect(g, pending, done, name):
+    """The total gradient of `name` (sum of its fan-out contributions), or None."""
+    if name in done:
+        return done[name]
+    terms = pending.pop(name, None)
+    if not terms:
+        return None
+    done[name] = g.add_all(terms)
+    return done[name]
+
+
+def _value_info(g: Emitter, name: str, like: str):
+    shape = g.shape(like)
+    dims = None if shape is None else [d if d is not None else f"{like}_dim{i}"
+                                       for i, d in enumerate(shape)]
+    return helper.make_tensor_value_info(name, g.dtype(like) or onnx.TensorProto.FLOAT, dims)
+
+
+def _attach(model, g: Emitter, info, layer_names: list[str], grads: dict[str, str]) -> None:
+    """Wire the seed input, the new outputs and the contract metadata into the model."""
+    graph = model.graph
+    score_shape = g.shape(info.score)
+    batch = score_shape[0] if score_shape and score_shape[0] is not None else "N"
+    graph.input.append(helper.make_tensor_value_info(
+        SEED, g.dtype(info.score) or onnx.TensorProto.FLOAT, [batch, info.num_classes]))
+    outputs = [(SCORE, info.score, info.score)]
+    for tensor in [info.image_input] + layer_names:
+        if tensor not in grads:
+            raise BadOptionError(f"no gradient reaches {tensor!r} from the score")
+        outputs.append((grad_name(tensor), grads[tensor], tensor))
+    outputs += [(act_name(t), t, t) for t in layer_names]
+    outputs.sort(key=lambda o: (not o[0].startswith("swag.act"), o[0] != SCORE))
+    for out_name, source, like in outputs:
+        g.nodes.append(helper.make_node("Identity", [source], [out_name], name=g.fresh("output")))
+        graph.output.append(_value_info(g, out_name, like))
+    graph.node.extend(g.nodes)
+    graph.initializer.extend(g.initializers)
+    contract = Contract(info.image_input, info.layout, info.score, info.num_classes, layer_names)
+    model.metadata_props.append(onnx.StringStringEntryProto(key=CONTRACT_KEY,
+                                                            value=contract.to_json()))
+
+
+def _check(model: onnx.ModelProto) -> None:
+    """The augmented model must pass the ONNX checker and strict shape inference."""
+    if model.ByteSize() < 2**31 - 2**20:
+        onnx.checker.check_model(model)
+        onnx.shape_inference.infer_shapes(model, strict_mode=True)
+
+
+def augment(src: str | os.PathLike, dst: str | os.PathLike, layers=(),
+            score: str | None = None) -> Contract:
+    """Augment the model file `src` into `dst` (written atomically; `src` is never modified)."""
+    src, dst = Path(src), Path(dst)
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise BadOptionError("the output path is the input model; choose another -o")
+    augmented = augment_model(load_model(src), layers, score)
+    save_model_atomic(augmented, dst)
+    return Contract.from_model(augmented)
+
+
+def describe(src: str | os.PathLike, score: str | None = None) -> analysis.ModelInfo:
+    """Analyse the model file `src` for `inspect` (input, layout, score, layers, unsupported ops)."""
+    model = analysis.infer_shapes(load_model(src))
+    return analysis.analyse(model, score)[0]

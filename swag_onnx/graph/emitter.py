@@ -1,0 +1,192 @@
+"""Building blocks for the backward graph: a read-only view of forward nodes, and an emitter that
+adds new nodes and constants with fresh names and knows the forward tensors' static shapes.
+
+Shapes are tuples with None for dimensions that are not static (usually the batch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+Shape = tuple  # of int | None
+
+
+@dataclass(frozen=True)
+class Node:
+    """A forward node with its attributes resolved against the op schema (defaults filled in)."""
+
+    op: str
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    attrs: dict[str, Any] = field(hash=False)
+    domain: str = ""
+
+    @staticmethod
+    def from_proto(node: onnx.NodeProto, opset: int) -> "Node":
+        attrs: dict[str, Any] = {}
+        try:
+            schema = onnx.defs.get_schema(node.op_type, opset, node.domain)
+            for name, attr in schema.attributes.items():
+                if attr.default_value.type != onnx.AttributeProto.UNDEFINED:
+                    attrs[name] = helper.get_attribute_value(attr.default_value)
+        except onnx.defs.SchemaError:
+            pass
+        for attr in node.attribute:
+            attrs[attr.name] = helper.get_attribute_value(attr)
+        for key, value in attrs.items():
+            if isinstance(value, bytes):
+                attrs[key] = value.decode()
+        domain = "" if node.domain == "ai.onnx" else node.domain
+        return Node(node.op_type, node.name or node.output[0], tuple(node.input),
+                    tuple(node.output), attrs, domain)
+
+    def input(self, i: int) -> str:
+        """Name of input i, or '' when it is absent (optional inputs)."""
+        return self.inputs[i] if i < len(self.inputs) else ""
+
+
+class Emitter:
+    """Collects the nodes and initializers of the backward graph.
+
+    `op` adds one node and returns its output name(s); `const` adds (and caches) a constant.
+    Static facts about forward tensors come from shape inference (`shape`, `dtype`, `value`).
+    """
+
+    def __init__(self, model: onnx.ModelProto, taken_names: set[str]):
+        self.opset = _default_opset(model)
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._taken = taken_names
+        self._counter = 0
+        self._const_cache: dict[tuple, str] = {}
+        self._shapes: dict[str, Shape] = {}
+        self._dtypes: dict[str, int] = {}
+        self._values: dict[str, np.ndarray] = {}
+        self._constants: dict[str, onnx.TensorProto] = {}
+        self._read_types(model)
+
+    # ----- facts about forward tensors -------------------------------------------------------
+    def _read_types(self, model: onnx.ModelProto) -> None:
+        g = model.graph
+        for vi in list(g.input) + list(g.output) + list(g.value_info):
+            t = vi.type.tensor_type
+            if not t.HasField("elem_type"):
+                continue
+            self._dtypes[vi.name] = t.elem_type
+            if t.HasField("shape"):
+                self._shapes[vi.name] = tuple(
+                    d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim
+                )
+        for init in g.initializer:
+            self._dtypes[init.name] = init.data_type
+            self._shapes[init.name] = tuple(init.dims)
+            self._constants[init.name] = init
+        for node in g.node:
+            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+                tensor = node.attribute[0].t
+                self._constants[node.output[0]] = tensor
+                self._dtypes[node.output[0]] = tensor.data_type
+                self._shapes[node.output[0]] = tuple(tensor.dims)
+
+    def shape(self, name: str) -> Shape | None:
+        """Static shape of a tensor (None dims where unknown), or None if even the rank is unknown."""
+        return self._shapes.get(name)
+
+    def rank(self, name: str) -> int:
+        shape = self.shape(name)
+        if shape is None:
+            raise ValueError(f"rank of tensor {name!r} is unknown after shape inference")
+        return len(shape)
+
+    def dtype(self, name: str) -> int | None:
+        return self._dtypes.get(name)
+
+    def value(self, name: str) -> np.ndarray | None:
+        """Value of a constant tensor (initializer or Constant node), else None."""
+        if name not in self._values:
+            if name not in self._constants:
+                return None
+            self._values[name] = numpy_helper.to_array(self._constants[name])
+        return self._values[name]
+
+    # ----- emitting ---------------------------------------------------------------------------
+    def fresh(self, hint: str) -> str:
+        while True:
+            self._counter += 1
+            name = f"swag/{hint}/{self._counter}"
+            if name not in self._taken:
+                self._taken.add(name)
+                return name
+
+    def op(self, op_type: str, *inputs: str, n_out: int = 1, **attrs: Any):
+        """Add one node; returns its output name (or a list when n_out > 1)."""
+        outputs = [self.fresh(op_type) for _ in range(n_out)]
+        attrs = {k: v for k, v in attrs.items() if v is not None}
+        self.nodes.append(helper.make_node(op_type, list(inputs), outputs,
+                                           name=self.fresh(op_type + "_node"), **attrs))
+        return outputs[0] if n_out == 1 else outputs
+
+    def const(self, value, dtype=np.float32) -> str:
+        """A constant tensor (cached: the same value is emitted once)."""
+        arr = np.asarray(value, dtype=dtype)
+        key = (arr.dtype.str, arr.shape, arr.tobytes())
+        if key not in self._const_cache:
+            name = self.fresh("const")
+            self.initializers.append(numpy_helper.from_array(arr, name))
+            self._const_cache[key] = name
+        return self._const_cache[key]
+
+    def ints(self, values) -> str:
+        """A 1-D int64 constant (axes, shapes, pads, ...)."""
+        return self.const(np.asarray(values, dtype=np.int64).reshape(-1), np.int64)
+
+    def scalar_like(self, value: float, like: str) -> str:
+        """A scalar constant with the element type of tensor `like`."""
+        np_type = helper.tensor_dtype_to_np_dtype(self.dtype(like) or onnx.TensorProto.FLOAT)
+        return self.const(value, np_type)
+
+    # ----- small recurring patterns -----------------------------------------------------------
+    def reduce_sum(self, x: str, axes, keepdims: bool) -> str:
+        if not len(axes):
+            return x
+        return self.op("ReduceSum", x, self.ints(axes), keepdims=int(keepdims))
+
+    def reshape_like(self, x: str, like: str) -> str:
+        return self.op("Reshape", x, self.op("Shape", like))
+
+    def zeros_like(self, like: str) -> str:
+        zero = numpy_helper.from_array(
+            np.zeros(1, helper.tensor_dtype_to_np_dtype(self.dtype(like) or 1)), "value")
+        return self.op("ConstantOfShape", self.op("Shape", like), value=zero)
+
+    def mask(self, condition: str, like: str) -> str:
+        """Cast a boolean tensor to the element type of `like` (1.0 / 0.0)."""
+        return self.op("Cast", condition, to=self.dtype(like) or onnx.TensorProto.FLOAT)
+
+    def unbroadcast(self, grad: str, operand: str, output: str) -> str:
+        """Sum `grad` (shaped like `output`) down to the shape of a broadcast `operand`."""
+        out_shape, in_shape = self.shape(output), self.shape(operand)
+        if out_shape is None or in_shape is None:
+            raise ValueError(f"cannot un-broadcast to {operand!r}: its shape is unknown")
+        lead = len(out_shape) - len(in_shape)
+        stretched = [lead + i for i, d in enumerate(in_shape)
+                     if d == 1 and out_shape[lead + i] != 1]
+        grad = self.reduce_sum(grad, stretched, keepdims=True)
+        grad = self.reduce_sum(grad, list(range(lead)), keepdims=False)
+        return grad
+
+    def add_all(self, terms: list[str]) -> str:
+        return terms[0] if len(terms) == 1 else self.op("Sum", *terms)
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    raise ValueError("model imports no default-domain opset")

@@ -1,0 +1,107 @@
+"""Gradient rule of Conv with respect to its input X (weights are constants of the model).
+
+dX is a transposed convolution of dY with the same weights. onnxruntime's ConvTranspose is slow
+for grouped (depthwise) kernels, so where it is exact we use a plain Conv instead:
+- stride 1: dX = Conv(dY, W flipped and transposed per group), pads k_eff-1-pad;
+- stride > 1 and groups > 1: the same Conv on dY with s-1 zeros inserted between samples;
+- dense strided convolutions (and odd pads) keep ConvTranspose, which is fast there.
+The weight transforms act on initializers, so onnxruntime folds them once at session start.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from swag_onnx.graph import shapes
+from swag_onnx.graph.rules import rule
+
+
+def _geometry(g, n):
+    """Static per-axis geometry: kernel, strides, dilations, pads, tails, x and y sizes."""
+    x, w = n.inputs[:2]
+    x_sizes = g.shape(x)[2:]
+    kernel = list(n.attrs.get("kernel_shape") or g.shape(w)[2:])
+    rank = len(kernel)
+    strides = list(n.attrs.get("strides") or [1] * rank)
+    dilations = list(n.attrs.get("dilations") or [1] * rank)
+    pads = shapes.explicit_pads(x_sizes, kernel, strides, dilations, n.attrs.get("pads"),
+                                n.attrs.get("auto_pad", "NOTSET"))
+    y_sizes = [shapes.output_size(*a) for a in zip(x_sizes, kernel, strides, dilations,
+                                                     pads[:rank], pads[rank:])]
+    tails = [shapes.transposed_tail(*a) for a in zip(x_sizes, y_sizes, kernel, strides,
+                                                      dilations, pads[:rank])]
+    return kernel, strides, dilations, pads[:rank], tails, y_sizes
+
+
+def _conv_check(g, n):
+    x_shape, w_shape = g.shape(n.inputs[0]), g.shape(n.inputs[1])
+    if x_shape is None or w_shape is None or any(d is None for d in list(x_shape[2:]) + list(w_shape)):
+        return "Conv whose input spatial size or weight shape is not static"
+    return None
+
+
+@rule("Conv", check=_conv_check)
+def conv(g, n, dys, needs):
+    grads = [None] * len(n.inputs)
+    if needs[0]:
+        grads[0] = _input_grad(g, n, dys[0])
+    return grads
+
+
+def _input_grad(g, n, dy):
+    kernel, strides, dilations, begins, tails, y_sizes = _geometry(g, n)
+    k_eff = [shapes.effective_kernel(k, d) for k, d in zip(kernel, dilations)]
+    conv_begin = [k - 1 - b for k, b in zip(k_eff, begins)]
+    conv_end = [k - 1 - t for k, t in zip(k_eff, tails)]
+    group = n.attrs["group"]
+    strided = any(s > 1 for s in strides)
+    if min(conv_begin + conv_end) < 0 or (strided and group == 1):
+        return _conv_transpose(g, n, dy, strides, dilations, begins, tails)
+    if strided:
+        channels = g.shape(n.inputs[1])[0]
+        dy, conv_end = _insert_zeros(g, dy, channels, y_sizes, strides, conv_end)
+    return g.op("Conv", dy, _flipped_transposed_weight(g, n), dilations=dilations,
+                group=group, pads=conv_begin + conv_end)
+
+
+def _conv_transpose(g, n, dy, strides, dilations, begins, tails):
+    ends = [max(t, 0) for t in tails]
+    output_padding = [max(-t, 0) for t in tails]
+    return g.op("ConvTranspose", dy, n.inputs[1], strides=strides, dilations=dilations,
+                group=n.attrs["group"], pads=begins + ends, output_padding=output_padding)
+
+
+def _flipped_transposed_weight(g, n):
+    """W [M, C/g, k...] -> [C, M/g, k...] per group, spatially flipped."""
+    w = n.inputs[1]
+    m, c_per_group, *kernel = g.shape(w)
+    group = n.attrs["group"]
+    spatial = list(range(2, 2 + len(kernel)))
+    if c_per_group != 1 or m != group:  # not a plain depthwise kernel: swap in/out channels
+        w = g.op("Reshape", w, g.ints([group, m // group, c_per_group] + kernel))
+        w = g.op("Transpose", w, perm=[0, 2, 1] + [a + 1 for a in spatial])
+        w = g.op("Reshape", w, g.ints([group * c_per_group, m // group] + kernel))
+    n_sp = len(spatial)
+    return g.op("Slice", w, g.ints([-1] * n_sp), g.ints([np.iinfo(np.int64).min] * n_sp),
+                g.ints(spatial), g.ints([-1] * n_sp))
+
+
+def _insert_zeros(g, dy, channels, sizes, strides, conv_end):
+    """Put s-1 zeros after every sample of dy along each spatial axis (a stride-s upsampling).
+
+    Returns the upsampled tensor and the end pads that still apply to it: the trailing zeros
+    count as end padding, so they are taken off the pads (or sliced off where pads run short).
+    """
+    rank = len(sizes)
+    split = [0, channels]
+    for size in sizes:
+        split += [size, 1]
+    padded = g.op("Pad", g.op("Reshape", dy, g.ints(split)),
+                  g.ints([0] * (2 + 2 * rank) + [0, 0] + sum(([0, s - 1] for s in strides), [])))
+    up = g.op("Reshape", padded, g.ints([0, channels] + [z * s for z, s in zip(sizes, strides)]))
+    ends = [e - (s - 1) for e, s in zip(conv_end, strides)]
+    if min(ends) < 0:
+        lengths = [z * s + min(e, 0) for z, s, e in zip(sizes, strides, ends)]
+        up = g.op("Slice", up, g.ints([0] * rank), g.ints(lengths), g.ints(range(2, 2 + rank)))
+        ends = [max(e, 0) for e in ends]
+    return up, ends

@@ -1,0 +1,73 @@
+"""Gradient rules of normalisations: BatchNormalization (inference), LayerNormalization,
+Softmax and LogSoftmax (opset >= 13 semantics: one axis)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from swag_onnx.graph.rules import rule
+
+
+def _bn_check(g, n):
+    if n.attrs.get("training_mode", 0):
+        return "BatchNormalization in training mode"
+    if g.shape(n.inputs[0]) is None:
+        return "BatchNormalization whose input rank is unknown"
+    return None
+
+
+@rule("BatchNormalization", check=_bn_check)
+def batch_norm(g, n, dys, needs):
+    # y = (x - mean) * scale / sqrt(var + eps) + bias, per channel (axis 1)
+    x, scale, _, _, var = n.inputs[:5]
+    std = g.op("Sqrt", g.op("Add", var, g.scalar_like(n.attrs["epsilon"], x)))
+    factor = g.op("Reshape", g.op("Div", scale, std), g.ints([-1] + [1] * (g.rank(x) - 2)))
+    return [g.op("Mul", dys[0], factor)] + [None] * (len(n.inputs) - 1)
+
+
+def _layer_norm_check(g, n):
+    shape = g.shape(n.inputs[0])
+    if shape is None:
+        return "LayerNormalization whose input rank is unknown"
+    if any(d is None for d in shape[n.attrs["axis"] % len(shape):]):
+        return "LayerNormalization whose normalised dimensions are not static"
+    return None
+
+
+@rule("LayerNormalization", check=_layer_norm_check)
+def layer_norm(g, n, dys, needs):
+    # xhat = (x - mu) * inv, y = xhat * scale + bias (over axes axis..rank-1)
+    # dx = inv * (gh - mean(gh) - xhat * mean(gh * xhat)), gh = dy * scale
+    x, scale = n.inputs[:2]
+    shape = g.shape(x)
+    axes = list(range(n.attrs["axis"] % len(shape), len(shape)))
+    inv_count = g.scalar_like(1.0 / float(np.prod([shape[a] for a in axes])), x)
+
+    def mean(t):
+        return g.op("Mul", g.reduce_sum(t, axes, keepdims=True), inv_count)
+
+    centred = g.op("Sub", x, mean(x))
+    var = mean(g.op("Mul", centred, centred))
+    inv = g.op("Reciprocal", g.op("Sqrt", g.op("Add", var, g.scalar_like(n.attrs["epsilon"], x))))
+    xhat = g.op("Mul", centred, inv)
+    gh = g.op("Mul", dys[0], scale)
+    inner = g.op("Sub", g.op("Sub", gh, mean(gh)), g.op("Mul", xhat, mean(g.op("Mul", gh, xhat))))
+    return [g.op("Mul", inv, inner)] + [None] * (len(n.inputs) - 1)
+
+
+def _softmax_axis(g, n):
+    return n.attrs.get("axis", -1) % g.rank(n.inputs[0])
+
+
+@rule("Softmax")
+def softmax(g, n, dys, needs):
+    y, dy = n.outputs[0], dys[0]
+    dot = g.reduce_sum(g.op("Mul", dy, y), [_softmax_axis(g, n)], keepdims=True)
+    return [g.op("Mul", y, g.op("Sub", dy, dot))]
+
+
+@rule("LogSoftmax")
+def log_softmax(g, n, dys, needs):
+    y, dy = n.outputs[0], dys[0]
+    total = g.reduce_sum(dy, [_softmax_axis(g, n)], keepdims=True)
+    return [g.op("Sub", dy, g.op("Mul", g.op("Exp", y), total))]

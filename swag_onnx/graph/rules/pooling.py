@@ -1,0 +1,169 @@
+"""Gradient rules of pooling and reductions: MaxPool, AveragePool, Global*Pool, ReduceMean/Sum.
+
+MaxPool avoids ScatterElements (slow in onnxruntime): for each of the K kernel offsets, a strided
+Slice of the (-inf padded) input is compared with the output; the first offset that hits the max
+(torch's tie rule) receives dY; a ConvTranspose with one-hot kernels [K, 1, k...] then adds every
+window's gradient back at its input position, overlapping windows included. AveragePool divides
+dY by each window's element count and spreads it with an all-ones ConvTranspose.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from swag_onnx.graph import shapes
+from swag_onnx.graph.rules import rule
+
+
+def _pool_geometry(g, n):
+    x_sizes = list(g.shape(n.inputs[0])[2:])
+    kernel = list(n.attrs["kernel_shape"])
+    rank = len(kernel)
+    strides = list(n.attrs.get("strides") or [1] * rank)
+    dilations = list(n.attrs.get("dilations") or [1] * rank)
+    pads = shapes.explicit_pads(x_sizes, kernel, strides, dilations, n.attrs.get("pads"),
+                                n.attrs.get("auto_pad", "NOTSET"))
+    ceil = bool(n.attrs.get("ceil_mode", 0))
+    y_sizes = [shapes.output_size(*a, ceil) for a in zip(x_sizes, kernel, strides, dilations,
+                                                           pads[:rank], pads[rank:])]
+    tails = [shapes.transposed_tail(*a) for a in zip(x_sizes, y_sizes, kernel, strides,
+                                                      dilations, pads[:rank])]
+    return x_sizes, kernel, strides, dilations, pads, y_sizes, tails
+
+
+def _pool_check(g, n):
+    shape = g.shape(n.inputs[0])
+    if shape is None or any(d is None for d in shape[1:]):
+        return f"{n.op} whose input shape (channels, spatial) is not static"
+    if n.op == "MaxPool" and n.attrs.get("storage_order", 0):
+        return "MaxPool with storage_order=1"
+    return None
+
+
+def _spread_windows(g, n, per_offset, kernel_weights, geometry):
+    """ConvTranspose [N*C, K, y...] -> [N, C, x...]: add each window's values back in place."""
+    x_sizes, kernel, strides, dilations, pads, y_sizes, tails = geometry
+    rank = len(kernel)
+    flat = g.op("Reshape", per_offset, g.ints([-1, kernel_weights.shape[0]] + y_sizes))
+    spread = g.op("ConvTranspose", flat, g.const(kernel_weights), strides=strides,
+                  dilations=dilations, pads=pads[:rank] + [max(t, 0) for t in tails],
+                  output_padding=[max(-t, 0) for t in tails])
+    return g.reshape_like(spread, n.inputs[0])
+
+
+@rule("MaxPool", check=_pool_check)
+def max_pool(g, n, dys, needs):
+    geometry = _pool_geometry(g, n)
+    x_sizes, kernel, strides, dilations, pads, y_sizes, tails = geometry
+    x, y = n.inputs[0], n.outputs[0]
+    rank = len(kernel)
+    axes = list(range(2, 2 + rank))
+    ends_pad = [max(t, 0) for t in tails]
+    if any(pads[:rank]) or any(ends_pad):
+        x = g.op("Pad", x, g.ints([0, 0] + pads[:rank] + [0, 0] + ends_pad),
+                 g.scalar_like(-np.inf, x))
+    offsets = list(itertools.product(*(range(k) for k in kernel)))
+    windows = []
+    for offset in offsets:
+        starts = [o * d for o, d in zip(offset, dilations)]
+        ends = [st + (ny - 1) * s + 1 for st, ny, s in zip(starts, y_sizes, strides)]
+        sliced = g.op("Slice", x, g.ints(starts), g.ints(ends), g.ints(axes), g.ints(strides))
+        windows.append(g.op("Unsqueeze", sliced, g.ints([2])))
+    stacked = g.op("Concat", *windows, axis=2)  # [N, C, K, y...]
+    hits = g.mask(g.op("Equal", stacked, g.op("Unsqueeze", y, g.ints([2]))), y)
+    first = g.op("Equal", g.op("CumSum", hits, g.ints([2])), g.scalar_like(1.0, y))
+    first_hits = g.op("Mul", hits, g.mask(first, y))
+    routed = g.op("Mul", first_hits, g.op("Unsqueeze", dys[0], g.ints([2])))
+    one_hot = np.eye(len(offsets), dtype=np.float32).reshape([len(offsets), 1] + kernel)
+    return [_spread_windows(g, n, routed, one_hot, geometry)]
+
+
+def _window_counts(x_sizes, kernel, strides, pads, y_sizes, include_pad):
+    """Number of elements each AveragePool window divides by, shape y_sizes."""
+    rank = len(kernel)
+    per_axis = []
+    for i in range(rank):
+        lo, hi = (-pads[i], x_sizes[i] + pads[rank + i]) if include_pad else (0, x_sizes[i])
+        start = np.arange(y_sizes[i]) * strides[i] - pads[i]
+        per_axis.append(np.clip(start + kernel[i], lo, hi) - np.clip(start, lo, hi))
+    counts = per_axis[0]
+    for axis_counts in per_axis[1:]:
+        counts = np.multiply.outer(counts, axis_counts)
+    return counts.astype(np.float32)
+
+
+def _avg_check(g, n):
+    if any(d != 1 for d in n.attrs.get("dilations") or []):
+        return "AveragePool with dilations"
+    return _pool_check(g, n)
+
+
+@rule("AveragePool", check=_avg_check)
+def average_pool(g, n, dys, needs):
+    geometry = _pool_geometry(g, n)
+    x_sizes, kernel, strides, dilations, pads, y_sizes, tails = geometry
+    counts = _window_counts(x_sizes, kernel, strides, pads, y_sizes,
+                            bool(n.attrs.get("count_include_pad", 0)))
+    scaled = g.op("Div", dys[0], g.const(counts))
+    ones = np.ones([1, 1] + kernel, dtype=np.float32)
+    return [_spread_windows(g, n, scaled, ones, geometry)]
+
+
+def _size_ratio(g, small, big):
+    """Size(small) / Size(big) as a float scalar (static sizes are folded by onnxruntime)."""
+    to = g.dtype(big) or 1
+    return g.op("Div", g.op("Cast", g.op("Size", small), to=to),
+                g.op("Cast", g.op("Size", big), to=to))
+
+
+@rule("GlobalAveragePool")
+def global_average_pool(g, n, dys, needs):
+    x, y = n.inputs[0], n.outputs[0]
+    spread = g.op("Expand", dys[0], g.op("Shape", x))
+    return [g.op("Mul", spread, _size_ratio(g, y, x))]
+
+
+@rule("GlobalMaxPool")
+def global_max_pool(g, n, dys, needs):
+    x, y = n.inputs[0], n.outputs[0]
+    flat = g.op("Reshape", x, g.ints([0, 0, -1]))
+    hits = g.mask(g.op("Equal", flat, g.op("Reshape", y, g.ints([0, 0, 1]))), y)
+    first = g.mask(g.op("Equal", g.op("CumSum", hits, g.ints([2])), g.scalar_like(1.0, y)), y)
+    routed = g.op("Mul", g.op("Mul", hits, first), g.op("Reshape", dys[0], g.ints([0, 0, 1])))
+    return [g.reshape_like(routed, x)]
+
+
+def _reduce_axes(g, n):
+    """Normalised axes of a ReduceMean/ReduceSum (attribute or constant input); [] = all."""
+    axes = n.attrs.get("axes")
+    if axes is None and n.input(1):
+        axes = g.value(n.input(1))
+    rank = g.rank(n.inputs[0])
+    if axes is None or len(axes) == 0:
+        return list(range(rank))
+    return sorted(int(a) % rank for a in np.asarray(axes).reshape(-1))
+
+
+def _reduce_check(g, n):
+    if n.input(1) and g.value(n.input(1)) is None:
+        return f"{n.op} with computed (non-constant) axes"
+    if g.shape(n.inputs[0]) is None:
+        return f"{n.op} whose input rank is unknown"
+    return None
+
+
+@rule("ReduceMean", "ReduceSum", check=_reduce_check)
+def reduce_mean_sum(g, n, dys, needs):
+    x, y = n.inputs[0], n.outputs[0]
+    no_axes = not n.attrs.get("axes") and not n.input(1)
+    if no_axes and n.attrs.get("noop_with_empty_axes", 0):
+        return [dys[0]] + [None] * (len(n.inputs) - 1)
+    dy = dys[0]
+    if not n.attrs.get("keepdims", 1):
+        dy = g.op("Unsqueeze", dy, g.ints(_reduce_axes(g, n)))
+    dx = g.op("Expand", dy, g.op("Shape", x))
+    if n.op == "ReduceMean":
+        dx = g.op("Mul", dx, _size_ratio(g, y, x))
+    return [dx] + [None] * (len(n.inputs) - 1)

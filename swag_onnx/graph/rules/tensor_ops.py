@@ -1,0 +1,152 @@
+"""Gradient rules of ops that move data without arithmetic: reshapes, Transpose, Concat, Split,
+Slice, Pad, Expand, Gather. Shape-dependent quantities are computed in the graph from Shape(x),
+so models whose pads or slice bounds are computed at run time (\"same\" padding subgraphs) work;
+onnxruntime folds them away where shapes are static."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from swag_onnx.graph.rules import rule
+
+
+def _none_for_rest(grad, n):
+    return [grad] + [None] * (len(n.inputs) - 1)
+
+
+@rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+def reshape(g, n, dys, needs):
+    return _none_for_rest(g.reshape_like(dys[0], n.inputs[0]), n)
+
+
+@rule("Transpose")
+def transpose(g, n, dys, needs):
+    perm = n.attrs.get("perm") or list(reversed(range(g.rank(n.inputs[0]))))
+    return [g.op("Transpose", dys[0], perm=[int(i) for i in np.argsort(perm)])]
+
+
+@rule("Expand")
+def expand(g, n, dys, needs):
+    return _none_for_rest(g.unbroadcast(dys[0], n.inputs[0], n.outputs[0]), n)
+
+
+def _dims(g, x, axes: str) -> str:
+    """int64 [len(axes)]: the run-time sizes of tensor x along `axes` (a tensor name)."""
+    return g.op("Gather", g.op("Shape", x), axes)
+
+
+@rule("Concat")
+def concat(g, n, dys, needs):
+    axis = n.attrs["axis"] % g.rank(n.outputs[0])
+    axis_t = g.ints([axis])
+    sizes = g.op("Concat", *(_dims(g, x, axis_t) for x in n.inputs), axis=0)
+    parts = g.op("Split", dys[0], sizes, axis=axis, n_out=len(n.inputs))
+    parts = parts if isinstance(parts, list) else [parts]
+    return [p if need else None for p, need in zip(parts, needs)]
+
+
+@rule("Split")
+def split(g, n, dys, needs):
+    parts = [dy if dy is not None else g.zeros_like(y) for dy, y in zip(dys, n.outputs)]
+    return _none_for_rest(g.op("Concat", *parts, axis=n.attrs.get("axis", 0)), n)
+
+
+def _constant_or_absent(g, n, index, what):
+    if n.input(index) and g.value(n.input(index)) is None:
+        return f"{n.op} with computed (non-constant) {what}"
+    return None
+
+
+def _slice_check(g, n):
+    steps = g.value(n.input(4))
+    if n.input(4) and (steps is None or np.any(steps != 1)):
+        return "Slice with steps other than 1"
+    if n.input(3) == "" and (g.shape(n.input(1)) or [None])[0] is None:
+        return "Slice whose number of sliced axes is unknown"
+    return _constant_or_absent(g, n, 3, "axes")
+
+
+def _axes_or_all(g, n, index, count):
+    axes = g.value(n.input(index))
+    if axes is None:
+        return list(range(count))
+    return [int(a) % g.rank(n.inputs[0]) for a in axes.reshape(-1)]
+
+
+def _pads_vector(g, rank, axes, begins, ends):
+    """Full ONNX pads [2 * rank] from per-axis begin/end tensors (int64 [len(axes)])."""
+    positions = g.ints(list(axes) + [rank + a for a in axes])
+    return g.op("ScatterElements", g.ints([0] * (2 * rank)), positions,
+                g.op("Concat", begins, ends, axis=0), axis=0)
+
+
+@rule("Slice", check=_slice_check)
+def slice_(g, n, dys, needs):
+    # dx = Pad(dy) with begin = clamp(start), end = dim - clamp(end), clamped as ONNX does.
+    x = n.inputs[0]
+    axes = _axes_or_all(g, n, 3, g.shape(n.input(1))[0])
+    dims = _dims(g, x, g.ints(axes))
+    zero = g.ints([0])
+
+    def clamp(bound):
+        bound = g.op("Where", g.op("Less", bound, zero), g.op("Add", bound, dims), bound)
+        return g.op("Min", g.op("Max", bound, zero), dims)
+
+    begins, ends = clamp(n.inputs[1]), clamp(n.inputs[2])
+    ends = g.op("Max", ends, begins)  # an empty slice takes nothing from the input
+    pads = _pads_vector(g, g.rank(x), axes, begins, g.op("Sub", dims, ends))
+    return _none_for_rest(g.op("Pad", dys[0], pads), n)
+
+
+def _pad_check(g, n):
+    if n.attrs.get("mode", "constant") != "constant":
+        return f"Pad with mode={n.attrs.get('mode')!r} (only constant padding has a rule)"
+    pads = g.value(n.input(1))
+    if pads is not None and np.any(pads < 0):
+        return "Pad with negative pads"
+    return _constant_or_absent(g, n, 3, "axes")
+
+
+@rule("Pad", check=_pad_check)
+def pad(g, n, dys, needs):
+    # dx = dy[begin : begin + dim] along each padded axis
+    x = n.inputs[0]
+    axes = _axes_or_all(g, n, 3, g.rank(x))
+    count = g.ints([len(axes)])
+    begins = g.op("Slice", n.inputs[1], g.ints([0]), count)
+    axes_t = g.ints(axes)
+    ends = g.op("Add", begins, _dims(g, x, axes_t))
+    return _none_for_rest(g.op("Slice", dys[0], begins, ends, axes_t), n)
+
+
+def _gather_check(g, n):
+    if g.value(n.inputs[1]) is None:
+        return "Gather on float data with computed (non-constant) indices"
+    shape = g.shape(n.inputs[0])
+    if shape is None or shape[n.attrs.get("axis", 0) % len(shape)] is None:
+        return "Gather whose gathered axis has no static size"
+    return None
+
+
+@rule("Gather", check=_gather_check)
+def gather(g, n, dys, needs):
+    # Scatter-add dy back to the gathered positions (repeated indices add up).
+    data = n.inputs[0]
+    rank = g.rank(data)
+    axis = n.attrs.get("axis", 0) % rank
+    size = g.shape(data)[axis]
+    indices = g.value(n.inputs[1]).reshape(-1) % size
+    shape_of = g.op("Shape", data)
+    # dy reshaped to data's shape with `axis` replaced by the flat index count
+    new_shape = g.op("Concat", g.op("Slice", shape_of, g.ints([0]), g.ints([axis])),
+                     g.ints([len(indices)]), g.op("Slice", shape_of, g.ints([axis + 1]),
+                                                  g.ints([rank])), axis=0)
+    flat_dy = g.op("Reshape", dys[0], new_shape)
+    index_shape = [1] * rank
+    index_shape[axis] = len(indices)
+    spread_idx = g.op("Expand", g.const(indices.reshape(index_shape), np.int64),
+                      g.op("Shape", flat_dy))
+    reduction = "add" if len(set(indices.tolist())) < len(indices) else None
+    dx = g.op("ScatterElements", g.zeros_like(data), spread_idx, flat_dy, axis=axis,
+              reduction=reduction)
+    return [dx, None]
