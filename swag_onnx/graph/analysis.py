@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from swag_onnx.errors import BadModelError, BadOptionError
+from swag_onnx.graph import probe
 from swag_onnx.graph.emitter import Emitter, Node
 from swag_onnx.graph.rules import CHECKS, NON_DIFFERENTIABLE, RULES
 
@@ -158,15 +159,34 @@ def stage_outputs(layers: list[tuple[str, tuple]], layout: str) -> list[tuple[st
     """The last spatial map at each resolution: the natural layers for CAMs and NormGrad."""
     last: dict[tuple, tuple[str, tuple]] = {}
     for name, shape in layers:
-        resolution = tuple(sorted(d for d in shape[1:] if d))[-2:]
+        resolution = tuple(shape[2:]) if layout == "NCHW" else tuple(shape[1:3])
         last.pop(resolution, None)
         last[resolution] = (name, shape)
     return list(last.values())
 
 
-def analyse(model: onnx.ModelProto, score: str | None = None) -> tuple[ModelInfo, list[Node], Emitter, set[str]]:
-    """Analyse a shape-inferred model. Returns the info, its nodes, the facts and the path set."""
+def complete_shapes(model: onnx.ModelProto) -> Emitter:
+    """Fill in static shapes that inference left open (see probe.py); returns the facts."""
     facts = Emitter(model, set())
+    image, shape, _ = find_image_input(model, facts)
+    names = probe.incomplete_tensors(model, {n: facts.shape(n) for n in _all_tensor_names(model)})
+    found = probe.probe_shapes(model, image, shape, names) if names else {}
+    if not found:
+        return facts
+    kept = [vi for vi in model.graph.value_info if vi.name not in found]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept)
+    for name, dims in found.items():
+        dtype = facts.dtype(name) or onnx.TensorProto.FLOAT
+        model.graph.value_info.append(onnx.helper.make_tensor_value_info(
+            name, dtype, [d if d is not None else "N" for d in dims]))
+    return Emitter(model, set())
+
+
+def analyse(model: onnx.ModelProto, score: str | None = None) -> tuple[ModelInfo, list[Node], Emitter, set[str]]:
+    """Analyse a shape-inferred model (completing shapes in place, see probe.py).
+    Returns the info, its nodes, the facts and the path set."""
+    facts = complete_shapes(model)
     nodes = nodes_of(model, facts.opset)
     image, shape, layout = find_image_input(model, facts)
     score_name, source = find_score(model, nodes, facts, score)

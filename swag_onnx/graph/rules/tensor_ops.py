@@ -120,33 +120,33 @@ def pad(g, n, dys, needs):
 
 
 def _gather_check(g, n):
-    if g.value(n.inputs[1]) is None:
-        return "Gather on float data with computed (non-constant) indices"
     shape = g.shape(n.inputs[0])
-    if shape is None or shape[n.attrs.get("axis", 0) % len(shape)] is None:
-        return "Gather whose gathered axis has no static size"
+    if shape is None:
+        return "Gather whose data rank is unknown"
+    indices = g.value(n.inputs[1])
+    if g.opset < 16 and (indices is None or np.unique(indices).size < indices.size):
+        return "Gather with computed or repeated indices below opset 16 (no scatter-add)"
     return None
 
 
 @rule("Gather", check=_gather_check)
 def gather(g, n, dys, needs):
     # Scatter-add dy back to the gathered positions (repeated indices add up).
-    data = n.inputs[0]
+    data, indices = n.inputs
     rank = g.rank(data)
     axis = n.attrs.get("axis", 0) % rank
-    size = g.shape(data)[axis]
-    indices = g.value(n.inputs[1]).reshape(-1) % size
+    axis_size = _dims(g, data, g.ints([axis]))
+    indices = g.op("Reshape", indices, g.ints([-1]))
+    indices = g.op("Where", g.op("Less", indices, g.ints([0])),
+                   g.op("Add", indices, axis_size), indices)
     shape_of = g.op("Shape", data)
-    # dy reshaped to data's shape with `axis` replaced by the flat index count
-    new_shape = g.op("Concat", g.op("Slice", shape_of, g.ints([0]), g.ints([axis])),
-                     g.ints([len(indices)]), g.op("Slice", shape_of, g.ints([axis + 1]),
-                                                  g.ints([rank])), axis=0)
-    flat_dy = g.op("Reshape", dys[0], new_shape)
-    index_shape = [1] * rank
-    index_shape[axis] = len(indices)
-    spread_idx = g.op("Expand", g.const(indices.reshape(index_shape), np.int64),
-                      g.op("Shape", flat_dy))
-    reduction = "add" if len(set(indices.tolist())) < len(indices) else None
-    dx = g.op("ScatterElements", g.zeros_like(data), spread_idx, flat_dy, axis=axis,
+    flat_shape = g.op("Concat", g.op("Slice", shape_of, g.ints([0]), g.ints([axis])),
+                      g.ints([-1]), g.op("Slice", shape_of, g.ints([axis + 1]), g.ints([rank])),
+                      axis=0)
+    flat_dy = g.op("Reshape", dys[0], flat_shape)
+    index_shape = g.ints([1] * axis + [-1] + [1] * (rank - axis - 1))
+    spread = g.op("Expand", g.op("Reshape", indices, index_shape), g.op("Shape", flat_dy))
+    reduction = "add" if g.opset >= 16 else None  # below 16 indices are constant and checked
+    dx = g.op("ScatterElements", g.zeros_like(data), spread, flat_dy, axis=axis,
               reduction=reduction)
     return [dx, None]
