@@ -77,8 +77,28 @@ def vjp_error(model, x, eps=1e-4, directions=3, seed=0):
     return worst
 
 
-def emitted_domains(model) -> set[str]:
-    return {n.domain for n in augment_model(model).graph.node}
+TOLERANCE = {TensorProto.DOUBLE: 1e-5, TensorProto.FLOAT: 1e-3}
+
+
+def assert_vjp(op_type, x_shape, inputs=(), attrs=None, x=None, seed=0, float_eps=1e-3,
+               **kwargs) -> None:
+    """Assert the vjp of a one-node model against finite differences: float64 where onnxruntime
+    has the kernels (tolerance 1e-5), else float32 (larger step, tolerance 1e-3). Also asserts
+    that only default-domain ops were emitted. Linear ops can take a large `float_eps`."""
+    rng = np.random.default_rng(seed)
+    x = separated(x_shape, rng) if x is None else x
+    for dtype, eps in ((TensorProto.DOUBLE, 1e-6), (TensorProto.FLOAT, float_eps)):
+        model = one_node_model(op_type, x_shape, inputs, attrs, dtype=dtype, **kwargs)
+        try:
+            session(model), session(augment_model(model))
+        except (ort.capi.onnxruntime_pybind11_state.NotImplemented,
+                ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph):
+            continue
+        assert {n.domain for n in augment_model(model).graph.node} <= {"", "ai.onnx"}
+        error = vjp_error(model, x.astype(NP[dtype]), eps=eps)
+        assert error < TOLERANCE[dtype], f"{op_type}: relative vjp error {error:.2e}"
+        return
+    raise AssertionError(f"onnxruntime runs {op_type} in neither float64 nor float32")
 
 
 def separated(shape, rng, gap=0.05, dtype=np.float64):
@@ -87,4 +107,13 @@ def separated(shape, rng, gap=0.05, dtype=np.float64):
     size = int(np.prod(shape))
     values = (np.arange(size) + 1) * gap
     values = rng.permutation(values) * rng.choice([-1.0, 1.0], size)
-    return (values / values.max() * 3).reshape(shape).astype(dtype) if size else values
+    return (values / values.max() * 2.5).reshape(shape).astype(dtype)
+
+
+def away_from(x: np.ndarray, kinks, margin: float = 0.03) -> np.ndarray:
+    """x with values within `margin` of a kink moved 2 * margin away from it."""
+    x = x.copy()
+    for kink in kinks:
+        near = np.abs(x - kink) < margin
+        x[near] = kink + 2 * margin * np.where(x[near] >= kink, 1.0, -1.0)
+    return x

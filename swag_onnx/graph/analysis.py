@@ -166,11 +166,10 @@ def stage_outputs(layers: list[tuple[str, tuple]], layout: str) -> list[tuple[st
 
 
 def complete_shapes(model: onnx.ModelProto) -> Emitter:
-    """Fill in static shapes that inference left open (see probe.py); returns the facts."""
+    """Replace inferred shapes by those onnxruntime computes (see probe.py); returns the facts."""
     facts = Emitter(model, set())
     image, shape, _ = find_image_input(model, facts)
-    names = probe.incomplete_tensors(model, {n: facts.shape(n) for n in _all_tensor_names(model)})
-    found = probe.probe_shapes(model, image, shape, names) if names else {}
+    found = probe.probe_shapes(model, image, shape, facts.dtype(image), probe.node_outputs(model))
     if not found:
         return facts
     kept = [vi for vi in model.graph.value_info if vi.name not in found]

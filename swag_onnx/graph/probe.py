@@ -1,10 +1,11 @@
-"""Complete static shapes that ONNX shape inference leaves open, by running the model once.
+"""Static shapes as onnxruntime computes them, by running the model once.
 
-Exports that compute shapes at run time (\"same\" padding subgraphs, channel shuffles written with
-Shape/Gather/Div) defeat symbolic inference, but for an image model with a fixed image size every
-tensor's non-batch dims are fixed. We run the model on zeros at batch 1 and 2 with every
-incompletely known tensor as an extra output: dims that change with the batch are batch dims
-(kept symbolic), the others are static.
+ONNX shape inference is not enough: exports that compute shapes at run time ("same" padding
+subgraphs, channel shuffles written with Shape/Gather/Div) defeat it, and for ceil-mode pooling
+its output sizes can differ from onnxruntime's. For an image model with a fixed image size every
+tensor's non-batch dims are fixed, so we run the model on zeros at batch 1 and 2 with every node
+output as an extra output: dims that change with the batch are batch dims (kept symbolic), the
+others are static.
 """
 
 from __future__ import annotations
@@ -14,18 +15,11 @@ import onnx
 from onnx import helper
 
 
-def incomplete_tensors(model: onnx.ModelProto, known: dict[str, tuple | None]) -> list[str]:
-    """Node outputs whose rank is unknown or that have an unknown dim besides the first."""
-    names = []
-    for node in model.graph.node:
-        for out in node.output:
-            shape = known.get(out)
-            if out and (shape is None or any(d is None for d in shape[1:])):
-                names.append(out)
-    return names
+def node_outputs(model: onnx.ModelProto) -> list[str]:
+    return [out for node in model.graph.node for out in node.output if out]
 
 
-def probe_shapes(model: onnx.ModelProto, image: str, image_shape: tuple,
+def probe_shapes(model: onnx.ModelProto, image: str, image_shape: tuple, image_dtype: int,
                  names: list[str]) -> dict[str, tuple]:
     """Run `model` on zeros and return {name: shape with None for batch-dependent dims}."""
     import onnxruntime as ort
@@ -41,7 +35,8 @@ def probe_shapes(model: onnx.ModelProto, image: str, image_shape: tuple,
     batches = (1, 2) if image_shape[0] is None else (image_shape[0],)
     runs = []
     for batch in batches:
-        feed = {image: np.zeros((batch,) + tuple(image_shape[1:]), np.float32)}
+        feed = {image: np.zeros((batch,) + tuple(image_shape[1:]),
+                                helper.tensor_dtype_to_np_dtype(image_dtype))}
         runs.append([np.shape(v) for v in session.run(names, feed)])
     shapes = {}
     for i, name in enumerate(names):

@@ -12,6 +12,8 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import onnx
+from onnx import helper
 
 from swag_onnx.graph import shapes
 from swag_onnx.graph.rules import rule
@@ -28,6 +30,9 @@ def _pool_geometry(g, n):
     ceil = bool(n.attrs.get("ceil_mode", 0))
     y_sizes = [shapes.output_size(*a, ceil) for a in zip(x_sizes, kernel, strides, dilations,
                                                            pads[:rank], pads[rank:])]
+    inferred = g.shape(n.outputs[0])
+    if inferred is not None and None not in inferred[2:]:
+        y_sizes = list(inferred[2:])  # ONNX and torch differ on ceil-mode edge windows
     tails = [shapes.transposed_tail(*a) for a in zip(x_sizes, y_sizes, kernel, strides,
                                                       dilations, pads[:rank])]
     return x_sizes, kernel, strides, dilations, pads, y_sizes, tails
@@ -43,13 +48,20 @@ def _pool_check(g, n):
 
 
 def _spread_windows(g, n, per_offset, kernel_weights, geometry):
-    """ConvTranspose [N*C, K, y...] -> [N, C, x...]: add each window's values back in place."""
+    """ConvTranspose [N*C, K, y...] -> [N, C, x...]: add each window's values back in place.
+    onnxruntime has no float64 ConvTranspose, so double models spread in float32."""
     x_sizes, kernel, strides, dilations, pads, y_sizes, tails = geometry
     rank = len(kernel)
     flat = g.op("Reshape", per_offset, g.ints([-1, kernel_weights.shape[0]] + y_sizes))
-    spread = g.op("ConvTranspose", flat, g.const(kernel_weights), strides=strides,
+    double = g.dtype(n.inputs[0]) == onnx.TensorProto.DOUBLE
+    if double:
+        flat = g.op("Cast", flat, to=onnx.TensorProto.FLOAT)
+    dtype = np.float32 if double else helper.tensor_dtype_to_np_dtype(g.dtype(n.inputs[0]) or 1)
+    spread = g.op("ConvTranspose", flat, g.const(kernel_weights, dtype), strides=strides,
                   dilations=dilations, pads=pads[:rank] + [max(t, 0) for t in tails],
                   output_padding=[max(-t, 0) for t in tails])
+    if double:
+        spread = g.op("Cast", spread, to=onnx.TensorProto.DOUBLE)
     return g.reshape_like(spread, n.inputs[0])
 
 
@@ -91,7 +103,7 @@ def _window_counts(x_sizes, kernel, strides, pads, y_sizes, include_pad):
     counts = per_axis[0]
     for axis_counts in per_axis[1:]:
         counts = np.multiply.outer(counts, axis_counts)
-    return counts.astype(np.float32)
+    return np.maximum(counts, 1)  # a window wholly outside the input (ceil mode) divides by 1
 
 
 def _avg_check(g, n):
@@ -106,7 +118,8 @@ def average_pool(g, n, dys, needs):
     x_sizes, kernel, strides, dilations, pads, y_sizes, tails = geometry
     counts = _window_counts(x_sizes, kernel, strides, pads, y_sizes,
                             bool(n.attrs.get("count_include_pad", 0)))
-    scaled = g.op("Div", dys[0], g.const(counts))
+    dtype = helper.tensor_dtype_to_np_dtype(g.dtype(n.inputs[0]) or 1)
+    scaled = g.op("Div", dys[0], g.const(counts, dtype))
     ones = np.ones([1, 1] + kernel, dtype=np.float32)
     return [_spread_windows(g, n, scaled, ones, geometry)]
 

@@ -1,0 +1,207 @@
+"""Per-rule gradient checks: one-node models against central finite differences."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings, strategies as st
+
+from gradcheck import assert_vjp, away_from, separated
+
+RNG = np.random.default_rng(42)
+X4 = (2, 3, 4, 5)
+
+
+@pytest.mark.parametrize("op,attrs", [
+    ("Relu", {}), ("LeakyRelu", {"alpha": 0.1}), ("Sigmoid", {}), ("Tanh", {}), ("Erf", {}),
+    ("Exp", {}), ("Neg", {}), ("Identity", {}), ("Softmax", {"axis": -1}), ("Softmax", {"axis": 1}),
+    ("LogSoftmax", {"axis": -1}), ("LogSoftmax", {"axis": 2}), ("Flatten", {"axis": 2}),
+    ("Transpose", {"perm": [0, 2, 3, 1]}), ("Transpose", {}), ("GlobalAveragePool", {}),
+    ("GlobalMaxPool", {}), ("Dropout", {}),
+])
+def test_unary(op, attrs):
+    assert_vjp(op, X4, attrs=attrs)
+
+
+@pytest.mark.parametrize("op", ["Log", "Sqrt"])
+def test_positive_domain(op):
+    assert_vjp(op, X4, x=np.abs(separated(X4, RNG)) + 0.5)
+
+
+def test_hard_sigmoid():
+    x = away_from(separated(X4, RNG) * 1.6, [-4 / 3, 2.0])
+    assert_vjp("HardSigmoid", X4, attrs={"alpha": 0.3, "beta": 0.4}, x=x)
+
+
+def test_hard_swish():
+    assert_vjp("HardSwish", X4, x=away_from(separated(X4, RNG) * 1.6, [-3.0, 3.0]))
+
+
+def test_cast():
+    assert_vjp("Cast", X4, attrs={"to": 11})
+
+
+@pytest.mark.parametrize("bounds", [(-1.0, 1.5), (0.0, 6.0)])
+def test_clip(bounds):
+    x = away_from(separated(X4, RNG) * 3, bounds)
+    assert_vjp("Clip", X4, [np.array(bounds[0]), np.array(bounds[1])], x=x)
+
+
+def test_clip_min_only():
+    assert_vjp("Clip", X4, [np.array(-0.5), ""])
+
+
+@pytest.mark.parametrize("op", ["Add", "Sub", "Mul", "Div"])
+@pytest.mark.parametrize("other_shape", [(1, 3, 1, 1), (5,), (2, 3, 4, 5), (4, 1)])
+def test_broadcasting_binary(op, other_shape):
+    other = RNG.uniform(0.5, 1.5, other_shape)
+    assert_vjp(op, X4, [other])
+
+
+@pytest.mark.parametrize("trans_a,trans_b", [(0, 0), (0, 1), (1, 0), (1, 1)])
+def test_gemm(trans_a, trans_b):
+    a_shape = (12, 5) if trans_a else (5, 12)  # x reshaped to [5, 12] or [12, 5]
+    b = RNG.standard_normal((7, 12) if trans_b else (12, 7))
+    attrs = {"transA": trans_a, "transB": trans_b, "alpha": 0.7, "beta": 1.3}
+    assert_vjp("Gemm", (1, 5, 3, 4), [b, RNG.standard_normal(7)], attrs, reshape_to=a_shape)
+
+
+@pytest.mark.parametrize("b_shape", [(5, 6), (1, 4, 5, 6), (2, 1, 5, 6)])
+def test_matmul(b_shape):
+    assert_vjp("MatMul", (2, 4, 3, 5), [RNG.standard_normal(b_shape)])
+
+
+def test_batch_norm():
+    c = X4[1]
+    inputs = [RNG.uniform(0.5, 2, c), RNG.standard_normal(c), RNG.standard_normal(c),
+              RNG.uniform(0.5, 2, c)]
+    assert_vjp("BatchNormalization", X4, inputs, {"epsilon": 1e-3})
+
+
+@pytest.mark.parametrize("axis", [-1, 1, 2])
+def test_layer_norm(axis):
+    shape = X4[axis:] if axis != -1 else X4[-1:]
+    assert_vjp("LayerNormalization", X4, [RNG.uniform(0.5, 2, shape), RNG.standard_normal(shape)],
+               {"axis": axis, "epsilon": 1e-5})
+
+
+@pytest.mark.parametrize("op", ["ReduceMean", "ReduceSum"])
+@pytest.mark.parametrize("keepdims", [0, 1])
+@pytest.mark.parametrize("opset", [17, 18])
+def test_reduce(op, keepdims, opset):
+    axes = np.array([1, -1])
+    if op == "ReduceMean" and opset < 18:
+        assert_vjp(op, X4, attrs={"axes": [1, -1], "keepdims": keepdims}, opset=opset)
+    else:
+        assert_vjp(op, X4, [axes], {"keepdims": keepdims}, opset=opset)
+
+
+def test_reduce_all_axes():
+    assert_vjp("ReduceSum", X4, attrs={"keepdims": 1}, opset=18)
+
+
+@pytest.mark.parametrize("op,inputs", [
+    ("Reshape", [np.array([2, -1, 5])]), ("Squeeze", [np.array([1])]),
+    ("Unsqueeze", [np.array([0, 3])]), ("Expand", [np.array([3, 2, 3, 4, 5])]),
+])
+def test_data_movement(op, inputs):
+    x_shape = (2, 1, 4, 5) if op == "Squeeze" else X4
+    assert_vjp(op, x_shape, inputs)
+
+
+def test_concat_with_constant():
+    assert_vjp("Concat", X4, [RNG.standard_normal((2, 2, 4, 5))], {"axis": 1})
+
+
+@pytest.mark.parametrize("used", [0, 1])
+def test_split_unused_output_gets_zero(used):
+    assert_vjp("Split", X4, [np.array([2, 3])], {"axis": 3}, n_outputs=2, used_output=used)
+
+
+@pytest.mark.parametrize("starts,ends,axes", [
+    ([1], [3], [2]), ([-3, 0], [10**9, -1], [3, 1]), ([0, 1, 1], [1, 3, 4], [0, 2, 3]),
+])
+def test_slice(starts, ends, axes):
+    assert_vjp("Slice", X4, [np.array(starts), np.array(ends), np.array(axes)])
+
+
+def test_pad_constant():
+    assert_vjp("Pad", X4, [np.array([0, 1, 2, 0, 0, 0, 1, 3]), np.array(0.5)])
+
+
+@pytest.mark.parametrize("indices", [np.array([2, 0]), np.array([[1, 1], [-1, 0]])])
+def test_gather_scatter_adds_repeats(indices):
+    assert_vjp("Gather", X4, [indices], {"axis": 2})
+
+
+# ----- property tests over convolution and pooling configurations -------------------------------
+
+def ceil_window_outside(size, kernel, stride, pads, ceil_mode, dilation=(1, 1)):
+    """True when ceil mode would add a window that starts past the input: onnxruntime's run-time
+    output drops it (as torch does) while its load-time shape inference keeps it, so such a model
+    does not load once anything consumes the pooled shape. Exporters never produce it."""
+    if not ceil_mode:
+        return False
+    for n, k, s, p0, p1, d in zip(size, kernel, stride, pads[:2], pads[2:], dilation):
+        span = n + p0 + p1 - (k - 1) * d - 1
+        if -(-span // s) > span // s and (-(-span // s)) * s >= n + p0:
+            return True
+    return False
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    groups=st.sampled_from([1, 2, 4]), per_group_in=st.integers(1, 3), per_group_out=st.integers(1, 3),
+    kernel=st.tuples(st.integers(1, 4), st.integers(1, 4)), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)), pads=st.tuples(*[st.integers(0, 2)] * 4),
+    auto_pad=st.sampled_from(["NOTSET", "NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"]),
+    size=st.tuples(st.integers(7, 12), st.integers(7, 12)),
+)
+def test_conv_property(groups, per_group_in, per_group_out, kernel, stride, dilation, pads,
+                       auto_pad, size):
+    assume(auto_pad in ("NOTSET", "VALID") or dilation == (1, 1))  # onnxruntime refuses these
+    cin, cout = groups * per_group_in, groups * per_group_out
+    pads = [min(p, k - 1) for p, k in zip(pads, kernel * 2)]
+    attrs = {"group": groups, "strides": list(stride), "dilations": list(dilation),
+             "auto_pad": auto_pad}
+    if auto_pad == "NOTSET":
+        attrs["pads"] = pads
+    w = RNG.standard_normal((cout, per_group_in) + kernel)
+    assert_vjp("Conv", (2, cin) + size, [w, RNG.standard_normal(cout)], attrs, float_eps=0.1)
+
+
+def test_depthwise_strided_conv():
+    w = RNG.standard_normal((6, 1, 3, 3))
+    assert_vjp("Conv", (1, 6, 11, 10), [w], {"group": 6, "strides": [2, 2], "pads": [1, 1, 1, 1]},
+               float_eps=0.1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    kernel=st.tuples(st.integers(1, 4), st.integers(1, 4)), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    pads=st.tuples(*[st.integers(0, 2)] * 4), ceil_mode=st.integers(0, 1),
+    dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    size=st.tuples(st.integers(6, 11), st.integers(6, 11)), seed=st.integers(0, 1000),
+)
+def test_max_pool_property(kernel, stride, pads, ceil_mode, dilation, size, seed):
+    pads = [min(p, (k - 1) * d // 2) for p, k, d in zip(pads, kernel * 2, dilation * 2)]
+    assume(not ceil_window_outside(size, kernel, stride, pads, ceil_mode, dilation))
+    attrs = {"kernel_shape": list(kernel), "strides": list(stride), "pads": pads,
+             "ceil_mode": ceil_mode, "dilations": list(dilation)}
+    shape = (1, 2) + size
+    x = separated(shape, np.random.default_rng(seed))  # gaps >= 0.02: steps of ~4e-3 cross none
+    assert_vjp("MaxPool", shape, attrs=attrs, x=x)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    kernel=st.tuples(st.integers(1, 4), st.integers(1, 4)), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    pads=st.tuples(*[st.integers(0, 2)] * 4), ceil_mode=st.integers(0, 1),
+    include_pad=st.integers(0, 1), size=st.tuples(st.integers(6, 11), st.integers(6, 11)),
+)
+def test_average_pool_property(kernel, stride, pads, ceil_mode, include_pad, size):
+    pads = [min(p, k // 2) for p, k in zip(pads, kernel * 2)]
+    assume(not ceil_window_outside(size, kernel, stride, pads, ceil_mode))
+    attrs = {"kernel_shape": list(kernel), "strides": list(stride), "pads": pads,
+             "ceil_mode": ceil_mode, "count_include_pad": include_pad}
+    assert_vjp("AveragePool", (1, 2) + size, attrs=attrs, float_eps=0.1)

@@ -1,0 +1,144 @@
+"""Benchmark the cost of swag_onnx-augmented models against plain inference and torch autograd.
+
+For each network (random weights, exported to ONNX at 224x224, batch 1, through tests/zoo.py) the
+script augments the model with ``augment_model(model, layers=["auto"])`` and times, interleaved in
+one loop so that machine noise hits all three alike (median of ``--repeats`` runs after 3 warm-up
+runs each, batch 1, random 224 px input):
+
+  (a) onnxruntime forward only on the original model (CPUExecutionProvider, default options);
+  (b) onnxruntime on the augmented model, fed a one-hot ``swag.seed`` and fetching all outputs
+      (score, gradients, activations);
+  (c) torch eager forward + backward of the same class score with respect to the input.
+
+It also compares the file sizes of the original and the augmented .onnx and prints a markdown
+table, followed by the networks that miss the targets aug/fwd <= 3.0, aug/torch <= 0.5 and
+file ratio <= 1.05. Networks that fail to export or augment are reported on one line and skipped.
+
+Run from the repository root:
+
+    python tools/bench_augment.py [--nets resnet18,vgg16_bn] [--repeats 20] [--exporter legacy|dynamo]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import zoo  # noqa: E402
+
+from swag_onnx import augment_model  # noqa: E402
+
+SIZE = 224
+CLASSES = 1000
+SEED_NAME = "swag.seed"
+WARMUP = 3
+TARGETS = {"aug/fwd": 3.0, "aug/torch": 0.5, "file ratio": 1.05}
+
+
+def parse_args() -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nets", default=",".join(zoo.NETWORKS),
+                        help="comma-separated network names (default: all of tests/zoo.py)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed runs per measurement")
+    parser.add_argument("--exporter", choices=["legacy", "dynamo"], default="legacy")
+    return parser.parse_args()
+
+
+def prepare(name: str, workdir: Path, dynamo: bool):
+    """Build, export and augment one network; returns (torch net, original path, augmented path)."""
+    net = zoo.build(name)
+    path = zoo.export(net, SIZE, workdir / f"{name}.onnx", dynamo=dynamo)
+    aug_path = workdir / f"{name}.aug.onnx"
+    onnx.save(augment_model(onnx.load(path), layers=["auto"]), aug_path)
+    return net, path, aug_path
+
+
+def runners(net: torch.nn.Module, path: Path, aug_path: Path, x: np.ndarray, seed: np.ndarray):
+    """Three zero-argument callables: ORT forward, ORT augmented, torch forward+backward."""
+    providers = ["CPUExecutionProvider"]
+    fwd = ort.InferenceSession(str(path), providers=providers)
+    aug = ort.InferenceSession(str(aug_path), providers=providers)
+    image = fwd.get_inputs()[0].name
+    xt, seed_t = torch.from_numpy(x), torch.from_numpy(seed)
+
+    def torch_grad():
+        net.zero_grad(set_to_none=True)
+        xi = xt.clone().requires_grad_(True)
+        (net(xi) * seed_t).sum().backward()
+
+    return [lambda: fwd.run(None, {image: x}),
+            lambda: aug.run(None, {image: x, SEED_NAME: seed}),
+            torch_grad]
+
+
+def time_interleaved(funcs, repeats: int) -> list[float]:
+    """Median wall time (ms) of each callable, the callables alternating within each round."""
+    for f in funcs:
+        for _ in range(WARMUP):
+            f()
+    samples = [[] for _ in funcs]
+    for _ in range(repeats):
+        for f, s in zip(funcs, samples):
+            start = time.perf_counter()
+            f()
+            s.append((time.perf_counter() - start) * 1e3)
+    return [float(np.median(s)) for s in samples]
+
+
+def bench(name: str, workdir: Path, repeats: int, dynamo: bool) -> dict:
+    """All measurements for one network, as a row of the table."""
+    net, path, aug_path = prepare(name, workdir, dynamo)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 3, SIZE, SIZE), dtype=np.float32)
+    seed = np.zeros((1, CLASSES), np.float32)
+    seed[0, int(rng.integers(CLASSES))] = 1.0
+    fwd, aug, tgrad = time_interleaved(runners(net, path, aug_path, x, seed), repeats)
+    return {"network": name, "fwd": fwd, "aug": aug, "torch": tgrad,
+            "aug/fwd": aug / fwd, "aug/torch": aug / tgrad,
+            "file ratio": aug_path.stat().st_size / path.stat().st_size}
+
+
+def print_table(rows: list[dict]) -> None:
+    """The markdown table and the line naming the networks that miss each target."""
+    print("| network | ORT fwd ms | augmented fwd+bwd ms | torch fwd+bwd ms | aug/fwd | aug/torch "
+          "| file ratio |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['network']} | {r['fwd']:.2f} | {r['aug']:.2f} | {r['torch']:.2f} "
+              f"| {r['aug/fwd']:.2f} | {r['aug/torch']:.2f} | {r['file ratio']:.3f} |")
+    misses = []
+    for key, limit in TARGETS.items():
+        names = [f"{r['network']} ({r[key]:.2f})" for r in rows if r[key] > limit]
+        misses.append(f"{key} <= {limit}: " + (", ".join(names) if names else "none"))
+    print("\nMissing targets -- " + "; ".join(misses))
+
+
+def main() -> None:
+    """Benchmark the selected networks and print the results."""
+    args = parse_args()
+    ort.set_default_logger_severity(3)
+    print(f"torch threads: {torch.get_num_threads()}, onnxruntime {ort.__version__}, "
+          f"torch {torch.__version__}, exporter {args.exporter}, repeats {args.repeats}")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.nets.split(","):
+            try:
+                rows.append(bench(name.strip(), Path(tmp), args.repeats, args.exporter == "dynamo"))
+                print(f"done {name}", file=sys.stderr, flush=True)
+            except Exception as exc:  # one failing network must not stop the benchmark
+                print(f"FAILED {name}: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()
