@@ -2,7 +2,9 @@
 
 The augmented ONNX model's input gradient and the gradients of its intermediate layers (the last
 spatial map at each resolution, matched to torch module outputs by value) must equal
-torch.autograd's on the same input: max|diff| / max|ref| <= 1e-4 in float32.
+torch.autograd's on the same input: max|diff| / max|ref| <= 1e-4 in float32. The input is kept
+away from max-pool ties and ReLU kinks (zoo.stable_input): there the gradient is discontinuous
+and float32 rounding alone decides which side two implementations land on.
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ def test_gradients_match_torch_autograd(name, dynamo, tmp_path, networks):
     session = ort.InferenceSession(augmented.SerializeToString(),
                                    providers=["CPUExecutionProvider"])
 
-    x = zoo.tie_free_input(net, (1, 3, size, size))
     seed = np.random.default_rng(1).standard_normal((1, info.num_classes)).astype(np.float32)
+    x = zoo.stable_input(net, path, (1, 3, size, size))
     names = [o.name for o in session.get_outputs()]
     outputs = dict(zip(names, session.run(None, {info.image_input: x, SEED: seed})))
     logits, input_grad, captured = zoo.autograd_reference(net, x, seed)
