@@ -15,3 +15,7 @@ class UnsupportedOpsError(BadModelError):
 
 class BadOptionError(SwagError):
     """An option or argument makes no sense (unknown layer, unknown score tensor, ...)."""
+
+
+class BadImageError(SwagError):
+    """An image file is missing, unreadable, truncated, or not an image."""

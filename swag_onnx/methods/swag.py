@@ -1,0 +1,402 @@
+"""SWAG: Superpixels Weighted by Average Gradients (Hartley et al., WACV 2021).
+
+One gradient pass gives a pixel map; SLIC superpixels group pixels into regions; every pixel takes
+the mean of the pixel map over its region; the region map is min-max normalised to [0, 1].
+
+Pipeline (each step a pure NumPy / scikit-image function):
+
+    grad (H, W, C) --pixel_map--> pmap (H, W)
+    image (H, W, 3), pmap --superpixels--> labels (H, W)
+    pmap, labels --region_scores--> saliency (H, W) in [0, 1]
+
+Superpixel sources (``SOURCES``):
+
+- ``"image"``: SLIC on the RGB image (scikit-image converts it to Lab itself).
+- ``"gradient"``: SLIC on the single-channel pixel map, normalised to [0, 1], so that regions follow
+  what the network finds discriminative rather than colour edges.
+- ``"combined"``: SLIC on the RGB channels (in [0, 1]) stacked with the normalised pixel map times
+  ``gradient_weight`` (no Lab conversion).
+
+Compactness scale. scikit-image's SLIC divides the colour distance by ``compactness`` and the
+spatial distance by the grid step S, so ``compactness`` is "how many colour units weigh as much as
+one grid step". Lab channels span ~100 units, hence the usual value 10 for ``"image"``. The
+``"gradient"`` and ``"combined"`` inputs live in [0, 1], a range ~100x smaller, so the equivalent
+balance is ~100x smaller too (0.1); with 10 there, SLIC ignores the values and returns a plain grid.
+
+Every default in ``DEFAULTS`` is PROVISIONAL: a sensible starting point (reasons next to each
+value), to be replaced by measurement (deletion/insertion on real images). ``swag()`` records the
+values it actually used in ``SwagResult.params``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+from skimage.segmentation import slic
+
+from swag_onnx.errors import BadOptionError
+
+SOURCES = ("image", "gradient", "combined")
+ATTRIBUTIONS = ("gradient", "gradient_x_input")
+SIGNS = ("abs", "positive", "signed")
+REDUCES = ("max", "sum", "l2")
+
+_PIXEL_DEFAULTS: dict[str, Any] = {
+    # Plain gradient, max over channels of |g| (Simonyan et al.'s saliency map): the most common
+    # pixel map and the one that needs no model input values.
+    "attribution": "gradient",
+    "sign": "abs",
+    "reduce": "max",
+    # No smoothing before segmentation: region means already average the pixel noise out.
+    "smooth_sigma": 0.0,
+}
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "image": {
+        **_PIXEL_DEFAULTS,
+        # ~100 regions on a 224 px input: regions of ~22x22 px, about the size of a ResNet's
+        # effective receptive-field blob; the paper stresses that the number is tunable.
+        "n_segments": 100,
+        # The usual SLIC value for Lab images (scikit-image's examples and docs).
+        "compactness": 10.0,
+        # Light pre-smoothing so that JPEG noise and fine texture do not fragment the regions.
+        "sigma": 1.0,
+        "gradient_weight": 0.0,  # unused for "image"
+        "clip_quantile": 1.0,  # unused for "image"
+    },
+    "gradient": {
+        **_PIXEL_DEFAULTS,
+        "n_segments": 100,
+        # [0, 1] input: 10 Lab units <-> 0.1 (see the module docstring). Smaller values follow the
+        # gradient more closely but give irregular regions and fewer of them than n_segments.
+        "compactness": 0.1,
+        # Raw gradients are pixel-noisy (checkerboards from strided convolutions): smooth more
+        # than an image before clustering. With 0.1 / 3.0 the regions of a real EfficientNet-Lite0
+        # gradient (224 px) follow its blobs yet stay compact; 0.03 or sigma 1 fragment them, 0.3
+        # gives a near-grid. (Smoothing happens before normalising, see ``superpixels``.)
+        "sigma": 3.0,
+        "gradient_weight": 1.0,  # unused for "gradient" (the map is the only channel)
+        # Gradient maps are heavy-tailed: a plain min-max lets a few pixels squash the rest of
+        # the map to ~0 and SLIC then returns a grid; clip at the 99th percentile first.
+        "clip_quantile": 0.99,
+    },
+    "combined": {
+        **_PIXEL_DEFAULTS,
+        "n_segments": 100,
+        "compactness": 0.1,  # [0, 1] inputs, as for "gradient"
+        # Between the image's 1 and the gradient's 3: with 1 the regions fragment along gradient
+        # noise, with 2 they follow both the eyes' colour edges and the gradient blobs.
+        "sigma": 2.0,
+        # The gradient channel counts twice as much as one RGB channel, so that a strong gradient
+        # edge can outweigh a colour edge (three channels) but colour still shapes the regions.
+        "gradient_weight": 2.0,
+        "clip_quantile": 0.99,
+    },
+}
+
+
+@dataclass(frozen=True)
+class SwagResult:
+    """What ``swag()`` returns.
+
+    saliency: (H, W) float32 in [0, 1], each pixel its region's normalised score.
+    labels: (H, W) int superpixel labels, starting at 0.
+    pixel_map: (H, W) float32 pixel map the regions were scored with.
+    params: every parameter used (source, pixel map and SLIC options), JSON-serialisable.
+    """
+
+    saliency: np.ndarray
+    labels: np.ndarray
+    pixel_map: np.ndarray
+    params: dict[str, Any]
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    """Raise BadOptionError (one line) unless ``value`` is one of ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        raise BadOptionError(f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
+
+
+def _check_number(name: str, value: Any, *, minimum: float, strict: bool = False) -> float:
+    """``value`` as a float; BadOptionError unless finite and >= minimum (> if strict)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise BadOptionError(f"{name} must be a number, got {value!r}") from None
+    if not np.isfinite(number) or number < minimum or (strict and number == minimum):
+        bound = ">" if strict else ">="
+        raise BadOptionError(f"{name} must be a finite number {bound} {minimum}, got {value!r}")
+    return number
+
+
+def _check_hw(name: str, array: np.ndarray, ndim: int) -> None:
+    """Raise ValueError unless ``array`` has ``ndim`` dimensions (a caller bug, not user error)."""
+    if array.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {array.shape}")
+
+
+def pixel_map(
+    grad: np.ndarray,
+    image: np.ndarray | None = None,
+    *,
+    model_input: np.ndarray | None = None,
+    attribution: str = "gradient",
+    sign: str = "abs",
+    reduce: str = "max",
+    smooth_sigma: float = 0.0,
+) -> np.ndarray:
+    """Reduce a channels-last gradient (H, W, C) to a pixel map (H, W) float32.
+
+    attribution: "gradient" uses v = grad; "gradient_x_input" uses v = grad * x, where x is
+        ``model_input`` (H, W, C), the values the model actually saw (normalised), or, when it is
+        None, ``image`` (H, W, C), correct only for models that take [0, 1] RGB.
+    reduce and sign, per pixel over the C channels of v:
+        "sum": s = sum_c v_c, then sign: "abs" |s|, "positive" max(s, 0), "signed" s.
+        "max": "abs" max_c |v_c|, "positive" max_c max(v_c, 0), "signed" the v_c of largest |v_c|.
+        "l2":  "abs" sqrt(sum_c v_c^2), "positive" sqrt(sum_c max(v_c, 0)^2),
+               "signed" sign(sum_c v_c) * sqrt(sum_c v_c^2).
+    smooth_sigma: standard deviation in pixels of a Gaussian applied to the (H, W) map; 0 = none.
+    """
+    _check_choice("attribution", attribution, ATTRIBUTIONS)
+    _check_choice("sign", sign, SIGNS)
+    _check_choice("reduce", reduce, REDUCES)
+    smooth_sigma = _check_number("smooth_sigma", smooth_sigma, minimum=0.0)
+    g = np.asarray(grad, dtype=np.float32)
+    _check_hw("grad", g, 3)
+    if attribution == "gradient_x_input":
+        x = model_input if model_input is not None else image
+        if x is None:
+            raise BadOptionError("attribution 'gradient_x_input' needs model_input (or image)")
+        x = np.asarray(x, dtype=np.float32)
+        if x.shape != g.shape:
+            raise ValueError(f"input shape {x.shape} differs from gradient shape {g.shape}")
+        v = g * x
+    else:
+        v = g
+    if reduce == "sum":
+        s = v.sum(axis=-1)
+        out = np.abs(s) if sign == "abs" else np.maximum(s, 0) if sign == "positive" else s
+    elif sign == "signed":
+        if reduce == "max":
+            idx = np.abs(v).argmax(axis=-1)[..., None]
+            out = np.take_along_axis(v, idx, axis=-1)[..., 0]
+        else:
+            out = np.sign(v.sum(axis=-1)) * np.sqrt((v * v).sum(axis=-1))
+    else:
+        a = np.abs(v) if sign == "abs" else np.maximum(v, 0)
+        out = a.max(axis=-1) if reduce == "max" else np.sqrt((a * a).sum(axis=-1))
+    if smooth_sigma > 0:
+        out = _smooth(out, smooth_sigma)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def normalize_map(pmap: np.ndarray, clip_quantile: float = 1.0) -> np.ndarray:
+    """Min-max normalise an (H, W) map to [0, 1] float32 (constant -> zeros).
+
+    clip_quantile < 1 first clips the map at that quantile (robust to heavy-tailed gradients);
+    1.0 is a plain min-max.
+    """
+    m = np.asarray(pmap, dtype=np.float32)
+    if clip_quantile < 1.0:
+        m = np.minimum(m, np.quantile(m, clip_quantile))
+    lo, hi = float(m.min()), float(m.max())
+    if not hi > lo:
+        return np.zeros(m.shape, np.float32)
+    return ((m - lo) / (hi - lo)).astype(np.float32)
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    """Return ``image`` as float32 (H, W, 3), or raise ValueError if it is not RGB in [0, 1]."""
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim != 3 or img.shape[-1] != 3:
+        raise ValueError(f"image must be (H, W, 3) RGB, got shape {img.shape}")
+    if img.size and (img.min() < -1e-3 or img.max() > 1 + 1e-3):
+        raise ValueError("image values must lie in [0, 1] (float RGB), not e.g. 0..255")
+    return np.clip(img, 0.0, 1.0)
+
+
+def superpixels(
+    image: np.ndarray | None,
+    pmap: np.ndarray | None,
+    *,
+    source: str = "image",
+    n_segments: int | None = None,
+    compactness: float | None = None,
+    sigma: float | None = None,
+    gradient_weight: float | None = None,
+    clip_quantile: float | None = None,
+) -> np.ndarray:
+    """SLIC superpixels (H, W) int64, labels from 0, connected regions.
+
+    image: (H, W, 3) float RGB in [0, 1] (needed for "image" and "combined").
+    pmap: (H, W) pixel map (needed for "gradient" and "combined"); normalised here to [0, 1]
+        after clipping at ``clip_quantile``.
+    source: "image", "gradient" or "combined" (see the module docstring).
+    n_segments, compactness: passed to ``skimage.segmentation.slic``.
+    sigma: Gaussian pre-smoothing in pixels. For "image" it is SLIC's own ``sigma``; for
+        "gradient" and "combined" the map (and the image channels) are smoothed here, before the
+        map is normalised, and SLIC runs with sigma=0, so the map SLIC sees always spans [0, 1].
+    gradient_weight: scale of the map channel in "combined" (RGB channels span [0, 1]).
+    clip_quantile: quantile the map is clipped at before min-max normalising (1.0 = none).
+    None for any of them takes ``DEFAULTS[source]``.
+    """
+    _check_choice("source", source, SOURCES)
+    p = _resolve_slic(source, n_segments, compactness, sigma, gradient_weight, clip_quantile)
+    common = dict(
+        n_segments=p["n_segments"],
+        compactness=p["compactness"],
+        sigma=p["sigma"],
+        start_label=0,
+        enforce_connectivity=True,
+    )
+    if source in ("image", "combined"):
+        if image is None:
+            raise ValueError(f"source {source!r} needs the image")
+        img = _check_image(image)
+    if source == "image":
+        labels = slic(img, channel_axis=-1, convert2lab=True, **common)
+        return labels.astype(np.int64, copy=False)
+    if pmap is None:
+        raise ValueError(f"source {source!r} needs the pixel map")
+    _check_hw("pmap", np.asarray(pmap), 2)
+    # Smooth first, normalise second, then SLIC without its own smoothing: this way the map always
+    # spans [0, 1] when SLIC sees it, so compactness means the same whatever sigma is.
+    g = normalize_map(_smooth(np.asarray(pmap, np.float32), p["sigma"]), p["clip_quantile"])
+    common["sigma"] = 0.0
+    if source == "gradient":
+        labels = slic(g, channel_axis=None, **common)
+    else:
+        if g.shape != img.shape[:2]:
+            raise ValueError(f"pixel map shape {g.shape} differs from image shape {img.shape[:2]}")
+        stacked = np.concatenate(
+            [_smooth(img, p["sigma"]), g[..., None] * p["gradient_weight"]], axis=-1
+        )
+        labels = slic(stacked, channel_axis=-1, convert2lab=False, **common)
+    return labels.astype(np.int64, copy=False)
+
+
+def _smooth(a: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian smoothing over the two spatial axes of (H, W) or (H, W, C); sigma 0 = none."""
+    if sigma <= 0:
+        return a
+    return ndimage.gaussian_filter(a, sigma=(sigma, sigma) + (0,) * (a.ndim - 2), mode="nearest")
+
+
+def _resolve_slic(source, n_segments, compactness, sigma, gradient_weight, clip_quantile):
+    """Fill None SLIC parameters from DEFAULTS[source] and validate them; return a dict."""
+    d = DEFAULTS[source]
+    n = d["n_segments"] if n_segments is None else n_segments
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise BadOptionError(f"n_segments must be an integer >= 1, got {n!r}")
+    q = d["clip_quantile"] if clip_quantile is None else clip_quantile
+    q = _check_number("clip_quantile", q, minimum=0.0, strict=True)
+    if q > 1:
+        raise BadOptionError(f"clip_quantile must lie in (0, 1], got {clip_quantile!r}")
+    return {
+        "n_segments": int(n),
+        "compactness": _check_number(
+            "compactness", d["compactness"] if compactness is None else compactness,
+            minimum=0.0, strict=True,
+        ),
+        "sigma": _check_number("sigma", d["sigma"] if sigma is None else sigma, minimum=0.0),
+        "gradient_weight": _check_number(
+            "gradient_weight", d["gradient_weight"] if gradient_weight is None else gradient_weight,
+            minimum=0.0,
+        ),
+        "clip_quantile": q,
+    }
+
+
+def region_scores(
+    pmap: np.ndarray, labels: np.ndarray, *, top_k: int | None = None
+) -> np.ndarray:
+    """Region-level map (H, W) float32 in [0, 1] from a pixel map (H, W) and labels (H, W).
+
+    Each pixel takes the mean of ``pmap`` over its region (mean, so large regions are not
+    favoured); the map is then min-max normalised over the regions (constant -> zeros).
+    top_k: keep only the k highest-scoring regions (ties broken by lower label), others set to 0.
+    """
+    p = np.asarray(pmap, dtype=np.float64)
+    lab = np.asarray(labels)
+    if p.shape != lab.shape or p.ndim != 2:
+        raise ValueError(f"pmap {p.shape} and labels {lab.shape} must be the same (H, W) shape")
+    if not np.issubdtype(lab.dtype, np.integer) or (lab.size and lab.min() < 0):
+        raise ValueError("labels must be non-negative integers")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer))
+                              or top_k < 1):
+        raise BadOptionError(f"top_k must be an integer >= 1 or None, got {top_k!r}")
+    flat = lab.ravel()
+    counts = np.bincount(flat)
+    sums = np.bincount(flat, weights=p.ravel(), minlength=counts.size)
+    present = counts > 0
+    means = np.zeros(counts.size)
+    means[present] = sums[present] / counts[present]
+    lo, hi = means[present].min(), means[present].max()
+    scores = (means - lo) / (hi - lo) if hi > lo else np.zeros_like(means)
+    if top_k is not None:
+        ids = np.flatnonzero(present)
+        order = ids[np.argsort(-means[ids], kind="stable")]
+        keep = np.zeros(counts.size, bool)
+        keep[order[:top_k]] = True
+        scores = np.where(keep, scores, 0.0)
+    return scores[lab].astype(np.float32)
+
+
+def swag(
+    grad: np.ndarray,
+    image: np.ndarray,
+    *,
+    model_input: np.ndarray | None = None,
+    source: str = "image",
+    attribution: str | None = None,
+    sign: str | None = None,
+    reduce: str | None = None,
+    smooth_sigma: float | None = None,
+    n_segments: int | None = None,
+    compactness: float | None = None,
+    sigma: float | None = None,
+    gradient_weight: float | None = None,
+    clip_quantile: float | None = None,
+    top_k: int | None = None,
+) -> SwagResult:
+    """The SWAG map of one image.
+
+    grad: (H, W, C) float gradient of the class score w.r.t. the model input, channels-last.
+    image: (H, W, 3) float RGB in [0, 1] at the same resolution.
+    model_input: (H, W, C) values the model saw, for attribution="gradient_x_input".
+    Any option left None takes ``DEFAULTS[source]``: pixel-map options (attribution, sign,
+    reduce, smooth_sigma) see ``pixel_map``; SLIC options (n_segments, compactness, sigma,
+    gradient_weight, clip_quantile) see ``superpixels``; top_k see ``region_scores`` (None keeps
+    every region). Returns a SwagResult: saliency (H, W) float32 in [0, 1], labels, the pixel map,
+    and params (every value used, the unused ones of a source included, plus
+    ``used_model_input``).
+    """
+    _check_choice("source", source, SOURCES)
+    d = DEFAULTS[source]
+    pix = {
+        "attribution": d["attribution"] if attribution is None else attribution,
+        "sign": d["sign"] if sign is None else sign,
+        "reduce": d["reduce"] if reduce is None else reduce,
+        "smooth_sigma": d["smooth_sigma"] if smooth_sigma is None else smooth_sigma,
+    }
+    g = np.asarray(grad)
+    img = _check_image(image)
+    _check_hw("grad", g, 3)
+    if g.shape[:2] != img.shape[:2]:
+        raise ValueError(f"gradient {g.shape[:2]} and image {img.shape[:2]} sizes differ")
+    slic_p = _resolve_slic(source, n_segments, compactness, sigma, gradient_weight, clip_quantile)
+    pmap = pixel_map(g, img, model_input=model_input, **pix)
+    labels = superpixels(img, pmap, source=source, **slic_p)
+    saliency = region_scores(pmap, labels, top_k=top_k)
+    params = {
+        "source": source,
+        **pix,
+        "smooth_sigma": float(pix["smooth_sigma"]),
+        **slic_p,
+        "top_k": None if top_k is None else int(top_k),
+        "used_model_input": bool(model_input is not None),
+    }
+    return SwagResult(saliency=saliency, labels=labels, pixel_map=pmap, params=params)
