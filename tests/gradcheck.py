@@ -77,13 +77,15 @@ def vjp_error(model, x, eps=1e-4, directions=3, seed=0):
     return worst
 
 
-TOLERANCE = {TensorProto.DOUBLE: 1e-5, TensorProto.FLOAT: 1e-3}
+# float64 models still spread pooled gradients in float32 (onnxruntime has no float64
+# ConvTranspose), hence 1e-4 rather than ~1e-9; any wrong rule is off by far more.
+TOLERANCE = {TensorProto.DOUBLE: 1e-4, TensorProto.FLOAT: 1e-3}
 
 
 def assert_vjp(op_type, x_shape, inputs=(), attrs=None, x=None, seed=0, float_eps=1e-3,
                **kwargs) -> None:
     """Assert the vjp of a one-node model against finite differences: float64 where onnxruntime
-    has the kernels (tolerance 1e-5), else float32 (larger step, tolerance 1e-3). Also asserts
+    has the kernels (tolerance 1e-4), else float32 (larger step, tolerance 1e-3). Also asserts
     that only default-domain ops were emitted. Linear ops can take a large `float_eps`."""
     rng = np.random.default_rng(seed)
     x = separated(x_shape, rng) if x is None else x

@@ -157,8 +157,26 @@ class Emitter:
             return x
         return self.op("ReduceSum", x, self.ints(axes), keepdims=int(keepdims))
 
+    def batch_only(self, name: str) -> bool:
+        """True when every dim of `name` is static but (possibly) the first, the batch."""
+        shape = self.shape(name)
+        return shape is not None and all(d is not None for d in shape[1:])
+
+    def shape_of(self, like: str, batch: int) -> str:
+        """The int64 shape of `like`: a constant (the batch dim written as `batch`: -1 for
+        Reshape, 1 for Expand) when only the batch is dynamic, else a Shape node. Constants
+        spare onnxruntime a node per use: Shape of a dynamic-batch tensor is never folded."""
+        if self.batch_only(like):
+            shape = self.shape(like)
+            return self.ints([batch if shape[0] is None else shape[0]] + list(shape[1:]))
+        return self.op("Shape", like)
+
     def reshape_like(self, x: str, like: str) -> str:
-        return self.op("Reshape", x, self.op("Shape", like))
+        return self.op("Reshape", x, self.shape_of(like, -1))
+
+    def expand_like(self, x: str, like: str) -> str:
+        """Broadcast x (which already has the batch dim) to the shape of `like`."""
+        return self.op("Expand", x, self.shape_of(like, 1))
 
     def zeros_like(self, like: str) -> str:
         zero = numpy_helper.from_array(

@@ -15,9 +15,9 @@ def relu(g, n, dys, needs):
 
 @rule("LeakyRelu")
 def leaky_relu(g, n, dys, needs):
-    x = n.inputs[0]
-    slope = g.op("Where", g.op("Greater", x, g.scalar_like(0.0, x)),
-                 g.scalar_like(1.0, x), g.scalar_like(n.attrs["alpha"], x))
+    y = n.outputs[0]  # sign(y) = sign(x) for alpha > 0; reading y keeps x fused in its Conv
+    slope = g.op("Where", g.op("Greater", y, g.scalar_like(0.0, y)),
+                 g.scalar_like(1.0, y), g.scalar_like(n.attrs["alpha"], y))
     return [g.op("Mul", dys[0], slope)]
 
 
@@ -31,7 +31,9 @@ def _clip_bound_is_constant(g, n):
 @rule("Clip", check=_clip_bound_is_constant)
 def clip(g, n, dys, needs):
     # Gradient flows strictly inside (min, max), as in torch's hardtanh / clamp backward.
-    x = n.inputs[0]
+    # lo < x < hi exactly when lo < y < hi, and reading y (not x) lets onnxruntime keep
+    # Conv + Clip fused: the pre-activation is never materialised.
+    x = n.outputs[0]
     inside = None
     for i, (attr, cmp) in enumerate((("min", "Greater"), ("max", "Less")), start=1):
         bound = g.value(n.input(i)) if n.input(i) else n.attrs.get(attr)

@@ -3,7 +3,9 @@
 dX is a transposed convolution of dY with the same weights. onnxruntime's ConvTranspose is slow
 for grouped (depthwise) kernels, so where it is exact we use a plain Conv instead:
 - stride 1: dX = Conv(dY, W flipped and transposed per group), pads k_eff-1-pad;
-- stride > 1 and groups > 1: the same Conv on dY with s-1 zeros inserted between samples;
+- stride > 1 and groups > 1: the same Conv on dY with s-1 zeros inserted between samples
+  (a depthwise 1x1 ConvTranspose of ones: 2.4x faster than padding, 1.2x than the full
+  depthwise ConvTranspose);
 - dense strided convolutions (and odd pads) keep ConvTranspose, which is fast there.
 The weight transforms act on initializers, so onnxruntime folds them once at session start.
 """
@@ -30,7 +32,7 @@ def _geometry(g, n):
                                                      pads[:rank], pads[rank:])]
     tails = [shapes.transposed_tail(*a) for a in zip(x_sizes, y_sizes, kernel, strides,
                                                       dilations, pads[:rank])]
-    return kernel, strides, dilations, pads[:rank], tails, y_sizes
+    return kernel, strides, dilations, pads[:rank], tails
 
 
 def _conv_check(g, n):
@@ -49,7 +51,7 @@ def conv(g, n, dys, needs):
 
 
 def _input_grad(g, n, dy):
-    kernel, strides, dilations, begins, tails, y_sizes = _geometry(g, n)
+    kernel, strides, dilations, begins, tails = _geometry(g, n)
     k_eff = [shapes.effective_kernel(k, d) for k, d in zip(kernel, dilations)]
     conv_begin = [k - 1 - b for k, b in zip(k_eff, begins)]
     conv_end = [k - 1 - t for k, t in zip(k_eff, tails)]
@@ -58,8 +60,7 @@ def _input_grad(g, n, dy):
     if min(conv_begin + conv_end) < 0 or (strided and group == 1):
         return _conv_transpose(g, n, dy, strides, dilations, begins, tails)
     if strided:
-        channels = g.shape(n.inputs[1])[0]
-        dy, conv_end = _insert_zeros(g, dy, channels, y_sizes, strides, conv_end)
+        dy = _insert_zeros(g, dy, g.shape(n.inputs[1])[0], strides)
     return g.op("Conv", dy, _flipped_transposed_weight(g, n), dilations=dilations,
                 group=group, pads=conv_begin + conv_end)
 
@@ -86,22 +87,9 @@ def _flipped_transposed_weight(g, n):
                 g.ints(spatial), g.ints([-1] * n_sp))
 
 
-def _insert_zeros(g, dy, channels, sizes, strides, conv_end):
-    """Put s-1 zeros after every sample of dy along each spatial axis (a stride-s upsampling).
-
-    Returns the upsampled tensor and the end pads that still apply to it: the trailing zeros
-    count as end padding, so they are taken off the pads (or sliced off where pads run short).
-    """
-    rank = len(sizes)
-    split = [0, channels]
-    for size in sizes:
-        split += [size, 1]
-    padded = g.op("Pad", g.op("Reshape", dy, g.ints(split)),
-                  g.ints([0] * (2 + 2 * rank) + [0, 0] + sum(([0, s - 1] for s in strides), [])))
-    up = g.op("Reshape", padded, g.ints([0, channels] + [z * s for z, s in zip(sizes, strides)]))
-    ends = [e - (s - 1) for e, s in zip(conv_end, strides)]
-    if min(ends) < 0:
-        lengths = [z * s + min(e, 0) for z, s, e in zip(sizes, strides, ends)]
-        up = g.op("Slice", up, g.ints([0] * rank), g.ints(lengths), g.ints(range(2, 2 + rank)))
-        ends = [max(e, 0) for e in ends]
-    return up, ends
+def _insert_zeros(g, dy, channels, strides):
+    """Put s-1 zeros between samples of dy along each spatial axis (length (n-1)*s+1): a
+    depthwise ConvTranspose with a 1x1 kernel of ones, several times faster in onnxruntime than
+    padding a reshaped tensor."""
+    ones = np.ones([channels, 1] + [1] * len(strides), dtype=np.float32)
+    return g.op("ConvTranspose", dy, g.const(ones), group=channels, strides=strides)

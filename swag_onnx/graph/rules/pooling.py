@@ -1,9 +1,9 @@
 """Gradient rules of pooling and reductions: MaxPool, AveragePool, Global*Pool, ReduceMean/Sum.
 
-MaxPool avoids ScatterElements (slow in onnxruntime): for each of the K kernel offsets, a strided
-Slice of the (-inf padded) input is compared with the output; the first offset that hits the max
-(torch's tie rule) receives dY; a ConvTranspose with one-hot kernels [K, 1, k...] then adds every
-window's gradient back at its input position, overlapping windows included. AveragePool divides
+MaxPool avoids ScatterElements (slow in onnxruntime): a copy of the pool returns each window's
+argmax (first maximum on ties, as torch), whose offset inside the window picks one of K kernel
+taps; a ConvTranspose with one-hot kernels [K, 1, k...] then adds every window's gradient back at
+its input position, overlapping windows included. AveragePool divides
 dY by each window's element count and spreads it with an all-ones ConvTranspose.
 """
 
@@ -67,29 +67,41 @@ def _spread_windows(g, n, per_offset, kernel_weights, geometry):
 
 @rule("MaxPool", check=_pool_check)
 def max_pool(g, n, dys, needs):
+    # A copy of the pool returns the argmax of each window (flat index, first maximum on ties as
+    # in torch); its offset inside the window selects one of K one-hot kernels.
     geometry = _pool_geometry(g, n)
     x_sizes, kernel, strides, dilations, pads, y_sizes, tails = geometry
-    x, y = n.inputs[0], n.outputs[0]
-    rank = len(kernel)
-    axes = list(range(2, 2 + rank))
-    ends_pad = [max(t, 0) for t in tails]
-    if any(pads[:rank]) or any(ends_pad):
-        x = g.op("Pad", x, g.ints([0, 0] + pads[:rank] + [0, 0] + ends_pad),
-                 g.scalar_like(-np.inf, x))
-    offsets = list(itertools.product(*(range(k) for k in kernel)))
-    windows = []
-    for offset in offsets:
-        starts = [o * d for o, d in zip(offset, dilations)]
-        ends = [st + (ny - 1) * s + 1 for st, ny, s in zip(starts, y_sizes, strides)]
-        sliced = g.op("Slice", x, g.ints(starts), g.ints(ends), g.ints(axes), g.ints(strides))
-        windows.append(g.op("Unsqueeze", sliced, g.ints([2])))
-    stacked = g.op("Concat", *windows, axis=2)  # [N, C, K, y...]
-    hits = g.mask(g.op("Equal", stacked, g.op("Unsqueeze", y, g.ints([2]))), y)
-    first = g.op("Equal", g.op("CumSum", hits, g.ints([2])), g.scalar_like(1.0, y))
-    first_hits = g.op("Mul", hits, g.mask(first, y))
-    routed = g.op("Mul", first_hits, g.op("Unsqueeze", dys[0], g.ints([2])))
-    one_hot = np.eye(len(offsets), dtype=np.float32).reshape([len(offsets), 1] + kernel)
+    _, indices = g.op("MaxPool", n.inputs[0], n_out=2, **_pool_attrs(n))
+    position = g.op("Mod", indices, g.ints([int(np.prod(x_sizes))]))  # within one (n, c) map
+    offset = g.op("Sub", position, g.const(_window_starts(x_sizes, strides, pads, y_sizes), np.int64))
+    taps = [sum(o * d * stride for o, d, stride in zip(tap, dilations, _row_strides(x_sizes)))
+            for tap in itertools.product(*(range(k) for k in kernel))]
+    tap_shape = [1, 1, len(taps)] + [1] * len(kernel)
+    hits = g.op("Equal", g.op("Unsqueeze", offset, g.ints([2])), g.const(np.reshape(taps, tap_shape),
+                                                                         np.int64))
+    routed = g.op("Mul", g.mask(hits, n.outputs[0]), g.op("Unsqueeze", dys[0], g.ints([2])))
+    one_hot = np.eye(len(taps), dtype=np.float32).reshape([len(taps), 1] + kernel)
     return [_spread_windows(g, n, routed, one_hot, geometry)]
+
+
+def _pool_attrs(n):
+    keys = ("kernel_shape", "strides", "pads", "dilations", "ceil_mode", "auto_pad")
+    return {k: n.attrs[k] for k in keys if k in n.attrs}
+
+
+def _row_strides(sizes):
+    """Flat-index step of each spatial axis in a row-major map of `sizes`."""
+    return [int(np.prod(sizes[i + 1:])) for i in range(len(sizes))]
+
+
+def _window_starts(x_sizes, strides, pads, y_sizes):
+    """Flat index (may be negative: padding) of each window's first element, shape y_sizes."""
+    rank = len(x_sizes)
+    starts = np.zeros(y_sizes, dtype=np.int64)
+    for axis, row in enumerate(_row_strides(x_sizes)):
+        first = (np.arange(y_sizes[axis]) * strides[axis] - pads[axis]) * row
+        starts = starts + first.reshape([-1 if a == axis else 1 for a in range(rank)])
+    return starts
 
 
 def _window_counts(x_sizes, kernel, strides, pads, y_sizes, include_pad):
@@ -125,7 +137,10 @@ def average_pool(g, n, dys, needs):
 
 
 def _size_ratio(g, small, big):
-    """Size(small) / Size(big) as a float scalar (static sizes are folded by onnxruntime)."""
+    """Size(small) / Size(big) as a float scalar: a constant when both share the batch dim."""
+    if g.batch_only(small) and g.batch_only(big) and g.shape(small)[0] == g.shape(big)[0]:
+        ratio = np.prod(g.shape(small)[1:]) / np.prod(g.shape(big)[1:])
+        return g.scalar_like(float(ratio), big)
     to = g.dtype(big) or 1
     return g.op("Div", g.op("Cast", g.op("Size", small), to=to),
                 g.op("Cast", g.op("Size", big), to=to))
@@ -134,7 +149,7 @@ def _size_ratio(g, small, big):
 @rule("GlobalAveragePool")
 def global_average_pool(g, n, dys, needs):
     x, y = n.inputs[0], n.outputs[0]
-    spread = g.op("Expand", dys[0], g.op("Shape", x))
+    spread = g.expand_like(dys[0], x)
     return [g.op("Mul", spread, _size_ratio(g, y, x))]
 
 
@@ -176,7 +191,7 @@ def reduce_mean_sum(g, n, dys, needs):
     dy = dys[0]
     if not n.attrs.get("keepdims", 1):
         dy = g.op("Unsqueeze", dy, g.ints(_reduce_axes(g, n)))
-    dx = g.op("Expand", dy, g.op("Shape", x))
+    dx = g.expand_like(dy, x) if 0 not in _reduce_axes(g, n) else g.op("Expand", dy, g.op("Shape", x))
     if n.op == "ReduceMean":
         dx = g.op("Mul", dx, _size_ratio(g, y, x))
     return [dx] + [None] * (len(n.inputs) - 1)

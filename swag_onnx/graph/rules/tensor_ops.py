@@ -30,16 +30,18 @@ def expand(g, n, dys, needs):
     return _none_for_rest(g.unbroadcast(dys[0], n.inputs[0], n.outputs[0]), n)
 
 
-def _dims(g, x, axes: str) -> str:
-    """int64 [len(axes)]: the run-time sizes of tensor x along `axes` (a tensor name)."""
-    return g.op("Gather", g.op("Shape", x), axes)
+def _dims(g, x, axes: list[int]) -> str:
+    """int64 [len(axes)]: the sizes of tensor x along `axes` (constant where static)."""
+    shape = g.shape(x)
+    if shape is not None and all(shape[a] is not None for a in axes):
+        return g.ints([shape[a] for a in axes])
+    return g.op("Gather", g.op("Shape", x), g.ints(axes))
 
 
 @rule("Concat")
 def concat(g, n, dys, needs):
     axis = n.attrs["axis"] % g.rank(n.outputs[0])
-    axis_t = g.ints([axis])
-    sizes = g.op("Concat", *(_dims(g, x, axis_t) for x in n.inputs), axis=0)
+    sizes = g.op("Concat", *(_dims(g, x, [axis]) for x in n.inputs), axis=0)
     parts = g.op("Split", dys[0], sizes, axis=axis, n_out=len(n.inputs))
     parts = parts if isinstance(parts, list) else [parts]
     return [p if need else None for p, need in zip(parts, needs)]
@@ -85,7 +87,7 @@ def slice_(g, n, dys, needs):
     # dx = Pad(dy) with begin = clamp(start), end = dim - clamp(end), clamped as ONNX does.
     x = n.inputs[0]
     axes = _axes_or_all(g, n, 3, g.shape(n.input(1))[0])
-    dims = _dims(g, x, g.ints(axes))
+    dims = _dims(g, x, axes)
     zero = g.ints([0])
 
     def clamp(bound):
@@ -114,9 +116,8 @@ def pad(g, n, dys, needs):
     axes = _axes_or_all(g, n, 3, g.rank(x))
     count = g.ints([len(axes)])
     begins = g.op("Slice", n.inputs[1], g.ints([0]), count)
-    axes_t = g.ints(axes)
-    ends = g.op("Add", begins, _dims(g, x, axes_t))
-    return _none_for_rest(g.op("Slice", dys[0], begins, ends, axes_t), n)
+    ends = g.op("Add", begins, _dims(g, x, axes))
+    return _none_for_rest(g.op("Slice", dys[0], begins, ends, g.ints(axes)), n)
 
 
 def _gather_check(g, n):
@@ -135,7 +136,7 @@ def gather(g, n, dys, needs):
     data, indices = n.inputs
     rank = g.rank(data)
     axis = n.attrs.get("axis", 0) % rank
-    axis_size = _dims(g, data, g.ints([axis]))
+    axis_size = _dims(g, data, [axis])
     indices = g.op("Reshape", indices, g.ints([-1]))
     indices = g.op("Where", g.op("Less", indices, g.ints([0])),
                    g.op("Add", indices, axis_size), indices)
