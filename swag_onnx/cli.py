@@ -1,4 +1,4 @@
-"""The `swag-onnx` command line: inspect and augment ONNX image classifiers.
+"""The `swag-onnx` command line: inspect, augment, explain, demo.
 
 User errors (SwagError) print one line on stderr and exit with code 2; nothing half-written.
 """
@@ -6,14 +6,16 @@ User errors (SwagError) print one line on stderr and exit with code 2; nothing h
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from swag_onnx.errors import SwagError
+from swag_onnx.errors import BadImageError, BadOptionError, SwagError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="Explain ONNX image classifiers with gradients computed by the model itself.")
@@ -90,6 +92,184 @@ def augment(
               highlight=False)
     out.print(f"  fetch  swag.score, swag.grad.{contract.image_input}"
               + "".join(f", swag.act.{t}, swag.grad.{t}" for t in contract.layers), highlight=False)
+
+
+# ------------------------------------------------------------------------------ explain / demo
+
+def _card_overrides(input_size, layout, resize, mean, std, offset, divisor, labels) -> dict:
+    """Model-card fields given on the command line (they replace the card's)."""
+    scaling = None
+    if mean or std:
+        if len(mean) != 3 or len(std) != 3:
+            raise BadOptionError("--mean and --std take three values each (one per channel)")
+        scaling = {"mean": list(mean), "std": list(std)}
+    elif offset is not None or divisor is not None:
+        scaling = {"offset": offset or 0.0, "divisor": divisor or 1.0}
+    names = None
+    if labels is not None:
+        try:
+            names = [line.strip() for line in labels.read_text().splitlines() if line.strip()]
+        except OSError as exc:
+            raise BadOptionError(f"cannot read --labels {str(labels)!r}: {exc}") from None
+    size = [input_size, input_size] if input_size else None
+    return {"input_size": size, "layout": layout, "resize": resize,
+            "crop": "center" if resize else None, "scaling": scaling, "class_names": names}
+
+
+def _write_explanation(result, stem: str, out_dir: Path, boundaries: bool) -> float:
+    """Write <stem>.<method>.png/.npy/.json atomically; returns the time taken (ms)."""
+    from swag_onnx import images as imgs
+
+    start = time.perf_counter()
+    top = result.target
+    probability = next((t["probability"] for t in result.top5 if t["index"] == top["index"]),
+                       None)
+    caption = f"{top['label']}" + (f" {probability:.1%}" if probability is not None else "") \
+        + f" | {result.method}"
+    base = str(out_dir / f"{stem}.{result.method}")
+    picture = imgs.overlay(result.image, result.saliency, caption,
+                           boundaries=result.labels if boundaries else None)
+    imgs.write_png(base + ".png", picture)
+    imgs.write_npy(base + ".npy", result.saliency.astype(np.float32))
+    elapsed = (time.perf_counter() - start) * 1e3
+    record = result.record()
+    record["timings_ms"]["writing"] = round(elapsed, 2)
+    imgs.write_json(base + ".json", record)
+    return elapsed
+
+
+def _summary(rows) -> None:
+    table = Table(title="explanations", title_justify="left")
+    for column in ("image", "top-1", "target", "method", "ms"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+
+
+def _progress(total: int):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    return Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=err, disable=total <= 3, transient=True)
+
+
+def run_explain(explainer, named_images, out_dir: Path, methods, target, params, batch_size,
+                boundaries) -> list[tuple]:
+    """Explain (stem, image) pairs in batches with every method; returns summary rows."""
+    rows = []
+    with _progress(len(named_images)) as progress:
+        task = progress.add_task("explaining", total=len(named_images))
+        for start in range(0, len(named_images), batch_size):
+            chunk = named_images[start:start + batch_size]
+            for method in methods:
+                results = explainer.explain([image for _, image in chunk], method=method,
+                                            target=target, **params)
+                for (stem, _), result in zip(chunk, results):
+                    result.timings_ms["writing"] = _write_explanation(result, stem, out_dir,
+                                                                      boundaries)
+                    best = result.top5[0]
+                    rows.append((stem, f"{best['label']} ({best['probability']:.1%})",
+                                 result.target["label"], result.method,
+                                 f"{sum(result.timings_ms.values()):.0f}"))
+            progress.advance(task, len(chunk))
+    return rows
+
+
+def _load_all(paths) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
+    """Decode every image file; bad files become one-line problems (the good ones go on)."""
+    from swag_onnx import images as imgs
+
+    files, problems = imgs.collect_images(paths)
+    loaded, stems = [], set()
+    for path in files:
+        try:
+            image = imgs.load_image(path)
+        except BadImageError as exc:
+            problems.append(str(exc))
+            continue
+        stem = path.stem if path.stem not in stems else f"{path.parent.name}_{path.stem}"
+        stems.add(stem)
+        loaded.append((stem, image))
+    return loaded, problems
+
+
+@app.command()
+def explain(
+    images: List[Path] = typer.Argument(..., help="Image files or folders."),
+    model: Optional[Path] = typer.Option(None, help="Model folder (model.onnx + card.json) or "
+                                         ".onnx file; default: the embedded EfficientNet-Lite0."),
+    out_dir: Path = typer.Option(Path("swag-out"), "--out", help="Output folder."),
+    method: List[str] = typer.Option(["swag"], "--method", help="swag (with --superpixels) or "
+                                     "swag-image, swag-gradient, swag-combined; repeatable."),
+    superpixels: str = typer.Option("image", help="SWAG superpixel source: image, gradient or "
+                                    "combined."),
+    target: Optional[str] = typer.Option(None, help="Class index or name to explain "
+                                         "(case-insensitive); default: each image's top-1."),
+    n_segments: Optional[int] = typer.Option(None, help="SLIC: number of superpixels."),
+    compactness: Optional[float] = typer.Option(None, help="SLIC compactness."),
+    sigma: Optional[float] = typer.Option(None, help="SLIC pre-smoothing."),
+    gradient_weight: Optional[float] = typer.Option(None, help="Weight of the gradient channel "
+                                                    "(combined)."),
+    attribution: Optional[str] = typer.Option(None, help="gradient or gradient_x_input."),
+    sign: Optional[str] = typer.Option(None, help="abs, positive or signed."),
+    reduce: Optional[str] = typer.Option(None, help="Channel reduction: max, sum or l2."),
+    smooth_sigma: Optional[float] = typer.Option(None, help="Gaussian smoothing of the pixel "
+                                                 "map."),
+    top_k: Optional[int] = typer.Option(None, help="Keep only the k best regions."),
+    boundaries: bool = typer.Option(True, help="Draw superpixel boundaries on the overlay."),
+    provider: str = typer.Option("auto", help="auto (CUDA, else CPU), cpu or cuda."),
+    threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads."),
+    batch_size: int = typer.Option(8, min=1, help="Images per model run."),
+    input_size: Optional[int] = typer.Option(None, help="Model input size (no card)."),
+    layout: Optional[str] = typer.Option(None, help="NCHW or NHWC (no card)."),
+    resize: Optional[int] = typer.Option(None, help="Resize the shorter side, then centre-crop."),
+    mean: List[float] = typer.Option([], help="Per-channel mean of (pixel/255) (3 values)."),
+    std: List[float] = typer.Option([], help="Per-channel std (3 values)."),
+    offset: Optional[float] = typer.Option(None, help="(pixel - offset) / divisor scaling."),
+    divisor: Optional[float] = typer.Option(None, help="(pixel - offset) / divisor scaling."),
+    labels: Optional[Path] = typer.Option(None, help="Class names, one per line."),
+):
+    """Explain images with SWAG: writes <stem>.<method>.png, .npy and .json per image."""
+    from swag_onnx.explain import Explainer
+
+    params = {k: v for k, v in dict(
+        n_segments=n_segments, compactness=compactness, sigma=sigma,
+        gradient_weight=gradient_weight, attribution=attribution, sign=sign, reduce=reduce,
+        smooth_sigma=smooth_sigma, top_k=top_k).items() if v is not None}
+    methods = [f"swag-{superpixels}" if m == "swag" else m for m in method]
+    with user_errors():
+        overrides = _card_overrides(input_size, layout, resize, mean, std, offset, divisor, labels)
+        explainer = Explainer(model, card=overrides, provider=provider, threads=threads)
+        named, problems = _load_all(images)
+        rows = run_explain(explainer, named, out_dir, methods, target, params, batch_size,
+                           boundaries) if named else []
+    if rows:
+        _summary(rows)
+        out.print(f"wrote {len(rows)} explanation(s) to {out_dir}/ (provider "
+                  f"{explainer.provider})", highlight=False)
+    for problem in problems:
+        err.print(f"[bold red]error:[/] {problem}", highlight=False, soft_wrap=True)
+    if problems or not rows:
+        if not problems:
+            err.print("[bold red]error:[/] no images to explain", highlight=False)
+        raise typer.Exit(1 if rows else 2)
+
+
+@app.command()
+def demo(out_dir: Path = typer.Option(Path("swag-demo"), "--out", help="Output folder.")):
+    """Explain scikit-image's cat photo with the default model and all three SWAG variants."""
+    from skimage import data
+
+    from swag_onnx.explain import METHODS, Explainer
+
+    with user_errors():
+        explainer = Explainer()
+        rows = run_explain(explainer, [("chelsea", data.chelsea())], out_dir, list(METHODS),
+                           None, {}, 1, True)
+    _summary(rows)
+    out.print(f"wrote {len(rows)} explanations to {out_dir}/ (provider {explainer.provider})",
+              highlight=False)
 
 
 def main() -> None:

@@ -336,13 +336,28 @@ def to_original(saliency_hw: np.ndarray, geometry: Geometry) -> np.ndarray:
     return full
 
 
+def model_view(rgb: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """The part of uint8 RGB (H0, W0, 3) the model sees, resized and cropped: uint8 (h, w, 3)."""
+    top, left, h, w = geometry.crop_box
+    return _resize(rgb, geometry.resized_size)[top:top + h, left:left + w]
+
+
+def labels_to_original(labels_hw: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """An int label map (h, w) at model input resolution -> int32 (H0, W0), nearest neighbour;
+    outside the crop: -1."""
+    top, left, h, w = geometry.crop_box
+    full = np.full(geometry.resized_size, -1, np.int32)
+    full[top:top + h, left:left + w] = labels_hw
+    height, width = geometry.original_size
+    return cv2.resize(full, (width, height), interpolation=cv2.INTER_NEAREST)
+
+
 def _preprocess(rgb: np.ndarray, recipe: _Recipe) -> tuple[np.ndarray, Geometry]:
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected a uint8 RGB image (H, W, 3), got {rgb.dtype} {rgb.shape}")
     geometry = _geometry(rgb.shape[:2], recipe)
-    top, left, h, w = geometry.crop_box
-    image = _resize(rgb, geometry.resized_size)[top:top + h, left:left + w]
+    image = model_view(rgb, geometry)
     if recipe.bgr:
         image = image[:, :, ::-1]
     x = (image.astype(np.float32) - recipe.offset) / recipe.divisor

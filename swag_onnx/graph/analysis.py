@@ -147,6 +147,8 @@ def spatial_layers(nodes: list[Node], facts: Emitter, relevant: set[str]) -> lis
     """Rank-4 tensors on the path with at least two non-batch dims > 1, in graph order."""
     found = []
     for node in nodes:
+        if node.op == "Pad":  # "same" padding: the padded map is not a layer
+            continue
         for out in node.outputs:
             shape = facts.shape(out)
             if out in relevant and shape is not None and len(shape) == 4 \
