@@ -155,7 +155,7 @@ def _progress(total: int):
 
 
 def run_explain(explainer, named_images, out_dir: Path, methods, target, params, batch_size,
-                boundaries) -> list[tuple]:
+                boundaries, superpixels: str = "image") -> list[tuple]:
     """Explain (stem, image) pairs in batches with every method; returns summary rows."""
     rows = []
     with _progress(len(named_images)) as progress:
@@ -164,7 +164,7 @@ def run_explain(explainer, named_images, out_dir: Path, methods, target, params,
             chunk = named_images[start:start + batch_size]
             for method in methods:
                 results = explainer.explain([image for _, image in chunk], method=method,
-                                            target=target, **params)
+                                            superpixels=superpixels, target=target, **params)
                 for (stem, _), result in zip(chunk, results):
                     result.timings_ms["writing"] = _write_explanation(result, stem, out_dir,
                                                                       boundaries)
@@ -237,13 +237,12 @@ def explain(
         n_segments=n_segments, compactness=compactness, sigma=sigma,
         gradient_weight=gradient_weight, attribution=attribution, sign=sign, reduce=reduce,
         smooth_sigma=smooth_sigma, top_k=top_k).items() if v is not None}
-    methods = [f"swag-{superpixels}" if m == "swag" else m for m in method]
     with user_errors():
         overrides = _card_overrides(input_size, layout, resize, mean, std, offset, divisor, labels)
         explainer = Explainer(model, card=overrides, provider=provider, threads=threads)
         named, problems = _load_all(images)
-        rows = run_explain(explainer, named, out_dir, methods, target, params, batch_size,
-                           boundaries) if named else []
+        rows = run_explain(explainer, named, out_dir, method, target, params, batch_size,
+                           boundaries, superpixels) if named else []
     if rows:
         _summary(rows)
         out.print(f"wrote {len(rows)} explanation(s) to {out_dir}/ (provider "

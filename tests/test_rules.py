@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings, strategies as st
 
-from gradcheck import assert_vjp, away_from, separated
+from gradcheck import assert_vjp, away_from, one_node_model, separated, session
+from swag_onnx import augment_model
 
 RNG = np.random.default_rng(42)
 X4 = (2, 3, 4, 5)
@@ -94,6 +95,21 @@ def test_reduce(op, keepdims, opset):
         assert_vjp(op, X4, attrs={"axes": [1, -1], "keepdims": keepdims}, opset=opset)
     else:
         assert_vjp(op, X4, [axes], {"keepdims": keepdims}, opset=opset)
+
+
+@pytest.mark.parametrize("op", ["ReduceMax", "ReduceMin"])
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_reduce_extremum(op, keepdims):
+    assert_vjp(op, X4, attrs={"axes": [2, 3], "keepdims": keepdims}, opset=17)
+
+
+def test_reduce_max_ties_share_the_gradient():
+    x = np.zeros(X4)
+    x[:, :, 1:3, 2] = 1.0  # two maxima per (n, c) map
+    model = one_node_model("ReduceMax", X4, attrs={"axes": [2, 3]}, opset=17)
+    grad = session(augment_model(model)).run(
+        ["swag.grad.x"], {"x": x, "swag.seed": np.ones((2, 3))})[0]
+    assert np.allclose(grad[:, :, 1:3, 2], 0.5) and np.isclose(grad.sum(), 6.0)
 
 
 def test_reduce_all_axes():

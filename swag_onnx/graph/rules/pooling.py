@@ -195,3 +195,19 @@ def reduce_mean_sum(g, n, dys, needs):
     if n.op == "ReduceMean":
         dx = g.op("Mul", dx, _size_ratio(g, y, x))
     return [dx] + [None] * (len(n.inputs) - 1)
+
+
+@rule("ReduceMax", "ReduceMin", check=_reduce_check)
+def reduce_max_min(g, n, dys, needs):
+    # The gradient is shared evenly by the elements that hit the extremum (torch.amax/amin).
+    x, y = n.inputs[0], n.outputs[0]
+    no_axes = not n.attrs.get("axes") and not n.input(1)
+    if no_axes and n.attrs.get("noop_with_empty_axes", 0):
+        return [dys[0]] + [None] * (len(n.inputs) - 1)
+    axes = _reduce_axes(g, n)
+    dy = dys[0]
+    if not n.attrs.get("keepdims", 1):
+        dy, y = (g.op("Unsqueeze", t, g.ints(axes)) for t in (dy, y))
+    hits = g.mask(g.op("Equal", x, y), x)
+    share = g.op("Div", hits, g.reduce_sum(hits, axes, keepdims=True))
+    return [g.op("Mul", share, dy)] + [None] * (len(n.inputs) - 1)

@@ -1,0 +1,189 @@
+"""Explaining images: the default model, the Python API, the explain/demo CLI and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from skimage import data
+from typer.testing import CliRunner
+
+from swag_onnx.cli import app
+from swag_onnx.errors import BadModelError, BadOptionError
+from swag_onnx.explain import METHODS, Explainer
+
+runner = CliRunner()
+CATS = range(281, 286)
+
+
+@pytest.fixture(scope="module")
+def default():
+    return Explainer()
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photos")
+    cv2.imwrite(str(folder / "chelsea.jpg"), data.chelsea()[:, :, ::-1])
+    cv2.imwrite(str(folder / "coffee.png"), data.coffee()[:, :, ::-1])
+    return folder
+
+
+def test_default_model_recognises_scikit_image_photos(default):
+    chelsea, coffee = default.predict([data.chelsea(), data.coffee()])
+    assert chelsea.top5[0]["index"] in CATS
+    assert coffee.top5[0]["index"] == 967 and coffee.top5[0]["label"] == "espresso"
+    assert abs(sum(t["probability"] for t in chelsea.top5) - 1) < 0.5
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_maps_have_original_size_range_and_are_deterministic(default, method):
+    image = data.coffee()
+    first, = default.explain([image], method=method)
+    again, = default.explain([image], method=method)
+    assert first.saliency.shape == image.shape[:2] and first.saliency.dtype == np.float32
+    assert first.saliency.min() == 0.0 and first.saliency.max() == 1.0
+    assert np.array_equal(first.saliency, again.saliency)
+    assert first.target == {"index": 967, "label": "espresso"} and first.method == method
+    assert json.loads(json.dumps(first.record()))["params"]["source"] == method.split("-")[1]
+
+
+def test_target_by_name_and_index(default):
+    by_name, = default.explain([data.chelsea()], target="Egyptian CAT")
+    by_index, = default.explain([data.chelsea()], target=285)
+    assert by_name.target["index"] == by_index.target["index"] == 285
+    assert np.array_equal(by_name.saliency, by_index.saliency)
+    with pytest.raises(BadOptionError, match="unknown class"):
+        default.explain([data.chelsea()], target="unicorn")
+    with pytest.raises(BadOptionError, match="out of range"):
+        default.explain([data.chelsea()], target=1000)
+
+
+class RedDetector(torch.nn.Module):
+    """Class 1 = "there is something red": a 1x1 conv that responds to red minus the others,
+    ReLU, global max pool. The evidence is, by construction, where the red square is."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.weight[:, 0, 1, 1] = 2.0
+            self.conv.weight[:, 1:, 1, 1] = -1.0
+            self.conv.bias.fill_(-0.5)
+        self.fc = torch.nn.Linear(4, 2)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.tensor([[-1.0] * 4, [1.0] * 4]))
+            self.fc.bias.zero_()
+
+    def forward(self, x):
+        return self.fc(torch.amax(torch.relu(self.conv(x)), dim=(2, 3)))
+
+
+@pytest.fixture(scope="module")
+def red_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("red")
+    torch.onnx.export(RedDetector().eval(), (torch.rand(1, 3, 64, 64),),
+                      str(folder / "model.onnx"), dynamo=False, opset_version=17,
+                      input_names=["image"], output_names=["logits"],
+                      dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}})
+    card = {"model": "model.onnx", "input_size": [64, 64], "layout": "NCHW",
+            "scaling": {"offset": 0.0, "divisor": 255.0}, "class_names": ["plain", "red"]}
+    (folder / "card.json").write_text(json.dumps(card))
+    return folder
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_swag_mass_lies_on_the_evidence(red_model, method):
+    rng = np.random.default_rng(0)
+    image = rng.integers(60, 120, (128, 128, 3), dtype=np.uint8)  # grey-ish noise
+    image[40:72, 70:102] = [220, 30, 30]  # the red square (upsampled 2x: 16x16 at 64 px)
+    inside = np.zeros(image.shape[:2], bool)
+    inside[40:72, 70:102] = True
+    result, = Explainer(red_model).explain([image], method=method, target="red")
+    share = result.saliency[inside].sum() / result.saliency.sum()
+    assert share > 0.5, f"{method}: only {share:.0%} of the map on the evidence"
+    assert share > 3 * inside.mean()
+
+
+def test_model_without_card_needs_preprocessing(red_model, tmp_path):
+    bare = tmp_path / "bare.onnx"
+    bare.write_bytes((red_model / "model.onnx").read_bytes())
+    with pytest.raises(BadOptionError, match="--mean/--std"):
+        Explainer(bare)
+    result = runner.invoke(app, ["explain", str(bare), "--model", str(bare)])
+    assert result.exit_code == 2 and "--mean/--std" in result.output
+    ok = Explainer(bare, card={"input_size": [64, 64], "scaling": {"offset": 0, "divisor": 255}})
+    top = ok.predict([data.chelsea()])[0].top5
+    assert [t["label"] for t in top] in (["class 0", "class 1"], ["class 1", "class 0"])
+
+
+def test_explain_cli_writes_all_outputs(photos, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["explain", str(photos), "--out", str(out),
+                                 "--method", "swag-image", "--method", "swag-gradient"])
+    assert result.exit_code == 0, result.output
+    for stem in ("chelsea", "coffee"):
+        for method in ("swag-image", "swag-gradient"):
+            record = json.loads((out / f"{stem}.{method}.json").read_text())
+            assert {"top5", "target", "method", "params", "provider", "timings_ms"} <= set(record)
+            saliency = np.load(out / f"{stem}.{method}.npy")
+            picture = cv2.imread(str(out / f"{stem}.{method}.png"))
+            assert saliency.shape == picture.shape[:2] and saliency.dtype == np.float32
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{s}.{m}.{e}" for s in ("chelsea", "coffee") for m in ("swag-image", "swag-gradient")
+        for e in ("png", "npy", "json"))
+    assert "espresso" in result.output
+
+
+def test_folder_with_bad_files_processes_the_good_ones(photos, tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "good.png").write_bytes((photos / "coffee.png").read_bytes())
+    (folder / "text.jpg").write_text("not an image")
+    (folder / "cut.jpg").write_bytes((photos / "chelsea.jpg").read_bytes()[:2000])
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["explain", str(folder), "--out", str(out)])
+    assert result.exit_code == 1
+    assert (out / "good.swag-image.png").exists()
+    assert "text.jpg" in result.output and "cut.jpg" in result.output
+    assert "Traceback" not in result.output and not list(out.glob("text*")) + list(out.glob("cut*"))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--target", "unicorn"], "unknown class"),
+    (["--method", "lime"], "unknown method"),
+    (["--superpixels", "lab"], "unknown superpixel source"),
+    (["--model", "/no/such/model"], "does not exist"),
+    (["--n-segments", "0"], "n_segments"),
+])
+def test_explain_bad_options(photos, tmp_path, args, message):
+    result = runner.invoke(app, ["explain", str(photos / "coffee.png"), "--out",
+                                 str(tmp_path / "o")] + args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_missing_image_only(tmp_path):
+    result = runner.invoke(app, ["explain", str(tmp_path / "nope.jpg"), "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "nope.jpg" in result.output
+
+
+def test_demo_writes_three_variants(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["demo"])
+    assert result.exit_code == 0, result.output
+    written = sorted(p.name for p in (tmp_path / "swag-demo").iterdir())
+    assert written == sorted(f"chelsea.{m}.{e}" for m in METHODS for e in ("png", "npy", "json"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["swag-demo"]  # nothing else written
+
+
+def test_missing_default_model_is_a_clear_error(monkeypatch, tmp_path):
+    from swag_onnx import card
+    monkeypatch.setattr(card, "DEFAULT_MODEL_DIR", tmp_path / "gone")
+    with pytest.raises(BadModelError, match="default model is missing"):
+        Explainer()
