@@ -187,3 +187,21 @@ def test_missing_default_model_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(card, "DEFAULT_MODEL_DIR", tmp_path / "gone")
     with pytest.raises(BadModelError, match="default model is missing"):
         Explainer()
+
+
+def test_provider_reported_is_the_one_that_runs(photos, tmp_path):
+    import onnxruntime as ort
+
+    out = tmp_path / "o"
+    auto = runner.invoke(app, ["explain", str(photos / "coffee.png"), "--out", str(out)])
+    record = json.loads((out / "coffee.swag-image.json").read_text())
+    assert auto.exit_code == 0 and record["provider"] in ort.get_available_providers()
+    assert "CUDA" not in auto.output or record["provider"] == "CUDAExecutionProvider"  # quiet
+    cuda = runner.invoke(app, ["explain", str(photos / "coffee.png"), "--out", str(out),
+                               "--provider", "cuda"])
+    if record["provider"] == "CUDAExecutionProvider":
+        assert cuda.exit_code == 0
+    else:  # a CPU-only machine: one clear line, not a silent fallback
+        assert cuda.exit_code == 2 and "CUDA could not be loaded" in cuda.output
+    bad = runner.invoke(app, ["explain", str(photos / "coffee.png"), "--provider", "tpu"])
+    assert bad.exit_code == 2 and "unknown provider" in bad.output
