@@ -268,7 +268,7 @@ def test_swag_result_and_determinism(source):
 def test_swag_options_reach_the_steps():
     image, grad, _ = scene(6)
     r = swag(grad, image, source="combined", n_segments=60, compactness=0.2, sigma=1.0,
-             gradient_weight=3.0, reduce="l2", smooth_sigma=1.0, top_k=5)
+             gradient_weight=3.0, attribution="gradient", reduce="l2", smooth_sigma=1.0, top_k=5)
     pm = pixel_map(grad, reduce="l2", smooth_sigma=1.0)
     labels = superpixels(image, pm, source="combined", n_segments=60, compactness=0.2,
                          sigma=1.0, gradient_weight=3.0)
