@@ -105,11 +105,14 @@ class Explainer:
         rgbs = self._load(images)
         batch, geometries = imgs.batch_preprocess(rgbs, self.card)
         prepared = time.perf_counter()
-        probabilities = softmax(self.runner.scores(batch))
         fixed = cards.parse_target(self.card, target, self.num_classes)
+        seed = np.zeros((len(rgbs), self.num_classes), np.float32)  # zero row: the top-1 class
+        if fixed is not None:
+            seed[:, fixed] = 1.0
+        outputs = self.runner.gradients(batch, seed)  # one run: scores and gradients
+        probabilities = softmax(outputs.scores)
         targets = [fixed if fixed is not None else int(p.argmax()) for p in probabilities]
-        seed = np.eye(self.num_classes, dtype=np.float32)[targets]
-        grads = self.runner.gradients(batch, seed).input_grad
+        grads = outputs.input_grad
         if self.card["layout"] == "NCHW":
             grads, batch = grads.transpose(0, 2, 3, 1), batch.transpose(0, 2, 3, 1)
         passed = time.perf_counter()

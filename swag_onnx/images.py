@@ -553,7 +553,9 @@ def write_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
     if image.dtype != np.uint8 or image.shape[2:] not in ((), (3,)) or image.ndim not in (2, 3):
         raise ValueError(f"write_png needs uint8 (H, W, 3) or (H, W), got {image.dtype} "
                          f"{image.shape}")
-    ok, encoded = cv2.imencode(".png", image if image.ndim == 2 else image[:, :, ::-1])
+    # Compression level 1: files ~10% larger than the default 3, encoding ~30% faster.
+    ok, encoded = cv2.imencode(".png", image if image.ndim == 2 else image[:, :, ::-1],
+                               [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
         raise ValueError(f"OpenCV could not encode an image of shape {image.shape} as PNG")
     _atomic_write(path, lambda f: f.write(encoded.tobytes()))

@@ -103,10 +103,18 @@ class ModelRunner:
         self.model = Path(model)
         grad_model = augmented_path(self.model, tuple(layers), score)
         self.contract = Contract.from_model(onnx.load(str(grad_model), load_external_data=False))
-        self.plain = _session(_with_score_output(self.model, self.contract.score), provider,
-                              threads)
         self.gradient = _session(grad_model, provider, threads)
         self.provider = self.gradient.get_providers()[0]
+        self._plain = None
+        self._options = (provider, threads)
+
+    @property
+    def plain(self):
+        """A session on the original model (with the score as an output), made on first use."""
+        if self._plain is None:
+            self._plain = _session(_with_score_output(self.model, self.contract.score),
+                                   *self._options)
+        return self._plain
 
     @property
     def layers(self) -> list[str]:
@@ -117,7 +125,8 @@ class ModelRunner:
         return self.plain.run([self.contract.score], {self.contract.image_input: batch})[0]
 
     def gradients(self, batch: np.ndarray, seed: np.ndarray) -> GradientOutputs:
-        """One forward+backward run: d sum(score * seed) / d (input, layers)."""
+        """One forward+backward run: d sum(score * seed) / d (input, layers); an all-zero seed
+        row stands for that image's top-1 class."""
         c = self.contract
         fetch = [SCORE, grad_name(c.image_input)]
         fetch += [act_name(t) for t in c.layers] + [grad_name(t) for t in c.layers]

@@ -79,6 +79,19 @@ def test_batch_rows_are_independent(softmax_model):
         assert np.allclose(batch[i:i + 1], single, atol=1e-6)
 
 
+def test_zero_seed_row_explains_the_top1_class(softmax_model):
+    augmented = augment_model(onnx.load(softmax_model))
+    x = np.random.default_rng(3).standard_normal((3, 3, 16, 16)).astype(np.float32)
+    seed = np.zeros((3, 5), np.float32)
+    seed[1, 2] = 1.0  # row 1 asks for class 2; rows 0 and 2 for their top-1
+    out = run(augmented, {"image": x, SEED: seed})
+    top1 = out[SCORE].argmax(1)
+    explicit = np.eye(5, dtype=np.float32)[[top1[0], 2, top1[2]]]
+    reference = run(augmented, {"image": x, SEED: explicit})[grad_name("image")]
+    assert np.allclose(out[grad_name("image")], reference, atol=1e-6)
+    assert np.abs(reference).max() > 0
+
+
 def test_score_override(softmax_model):
     augmented = augment_model(onnx.load(softmax_model), score="probs")
     x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)

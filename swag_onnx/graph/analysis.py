@@ -81,7 +81,7 @@ def find_score(model: onnx.ModelProto, nodes: list[Node], facts: Emitter,
     """The score (logit) tensor: `requested`, or the input of a final Softmax/LogSoftmax, or the
     first float output. Returns (name, how it was chosen)."""
     if requested:
-        if facts.shape(requested) is None and requested not in _all_tensor_names(model):
+        if facts.shape(requested) is None and requested not in all_tensor_names(model):
             raise BadOptionError(f"score tensor {requested!r} is not in the model; "
                                  "see `swag-onnx inspect` for tensor names")
         return requested, "given"
@@ -99,7 +99,7 @@ def find_score(model: onnx.ModelProto, nodes: list[Node], facts: Emitter,
     raise BadModelError("the model has no float output to explain")
 
 
-def _all_tensor_names(model: onnx.ModelProto) -> set[str]:
+def all_tensor_names(model: onnx.ModelProto) -> set[str]:
     names = {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer}
     for node in model.graph.node:
         names.update(node.output)

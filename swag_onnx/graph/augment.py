@@ -1,7 +1,9 @@
 """Augment an ONNX classifier so that it also returns gradients (the augmented-model contract).
 
 Added to the graph, with default-domain ops only:
-- input  `swag.seed` [N, K]: the graph returns the gradient of sum(score * seed);
+- input  `swag.seed` [N, K]: the graph returns the gradient of sum(score * seed); an all-zero row
+  stands for the one-hot row of that image's top-1 class (so explaining the prediction takes one
+  run, not a forward pass to find the class and then a gradient run);
 - output `swag.score`: the score (logit) tensor, found before a final Softmax/LogSoftmax;
 - output `swag.grad.<image input>`: d sum(score * seed) / d image, in the image's own layout;
 - outputs `swag.act.<layer>` and `swag.grad.<layer>` for every requested layer.
@@ -98,14 +100,15 @@ def augment_model(model: onnx.ModelProto, layers=(), score: str | None = None) -
 
 
 def _all_names(model: onnx.ModelProto) -> set[str]:
-    names = analysis._all_tensor_names(model) | {n.name for n in model.graph.node}
+    names = analysis.all_tensor_names(model) | {n.name for n in model.graph.node}
     return names | {SEED, SCORE}
 
 
 def _backward(g: Emitter, nodes, relevant: set[str], info) -> dict[str, str]:
     """Reverse-mode walk from the score to the image input; returns tensor -> gradient name."""
     score = info.score
-    seed = SEED if g.rank(score) == 2 else g.reshape_like(SEED, score)
+    seed = _effective_seed(g, score, info.num_classes)
+    seed = seed if g.rank(score) == 2 else g.reshape_like(seed, score)
     pending: dict[str, list[str]] = {score: [seed]}
     done: dict[str, str] = {}
     for node in reversed(analysis.path_nodes(nodes, relevant)):
@@ -119,6 +122,21 @@ def _backward(g: Emitter, nodes, relevant: set[str], info) -> dict[str, str]:
     for name in list(pending):
         _collect(g, pending, done, name)
     return done
+
+
+def _effective_seed(g: Emitter, score: str, num_classes: int) -> str:
+    """swag.seed with every all-zero row replaced by the one-hot row of the top-1 class."""
+    flat = score if g.rank(score) == 2 else g.op("Reshape", score, g.ints([-1, num_classes]))
+    empty = g.op("Equal", g.op("ReduceSum", g.op("Abs", SEED), g.ints([1]), keepdims=1),
+                 g.scalar_like(0.0, score))
+    top1 = g.op("ArgMax", flat, axis=1, keepdims=0, select_last_index=0)
+    one_hot = g.op("OneHot", top1, g.ints([num_classes]), g.const([0.0, 1.0], _np_dtype(g, score)),
+                   axis=-1)
+    return g.op("Where", empty, one_hot, SEED)
+
+
+def _np_dtype(g: Emitter, name: str):
+    return helper.tensor_dtype_to_np_dtype(g.dtype(name) or onnx.TensorProto.FLOAT)
 
 
 def _collect(g, pending, done, name):
