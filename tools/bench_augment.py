@@ -70,9 +70,10 @@ def runners(net: torch.nn.Module, path: Path, aug_path: Path, x: np.ndarray, see
     aug = ort.InferenceSession(str(aug_path), providers=providers)
     image = fwd.get_inputs()[0].name
     xt, seed_t = torch.from_numpy(x), torch.from_numpy(seed)
+    for parameter in net.parameters():  # input gradient only, as the augmented model computes
+        parameter.requires_grad_(False)
 
     def torch_grad():
-        net.zero_grad(set_to_none=True)
         xi = xt.clone().requires_grad_(True)
         (net(xi) * seed_t).sum().backward()
 

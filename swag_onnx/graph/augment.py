@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import helper
 
@@ -129,14 +130,10 @@ def _effective_seed(g: Emitter, score: str, num_classes: int) -> str:
     flat = score if g.rank(score) == 2 else g.op("Reshape", score, g.ints([-1, num_classes]))
     empty = g.op("Equal", g.op("ReduceSum", g.op("Abs", SEED), g.ints([1]), keepdims=1),
                  g.scalar_like(0.0, score))
-    top1 = g.op("ArgMax", flat, axis=1, keepdims=0, select_last_index=0)
-    one_hot = g.op("OneHot", top1, g.ints([num_classes]), g.const([0.0, 1.0], _np_dtype(g, score)),
-                   axis=-1)
+    top1 = g.op("ArgMax", flat, axis=1, keepdims=1, select_last_index=0)  # [N, 1]
+    classes = g.const(np.arange(num_classes).reshape(1, -1), np.int64)
+    one_hot = g.mask(g.op("Equal", top1, classes), score)
     return g.op("Where", empty, one_hot, SEED)
-
-
-def _np_dtype(g: Emitter, name: str):
-    return helper.tensor_dtype_to_np_dtype(g.dtype(name) or onnx.TensorProto.FLOAT)
 
 
 def _collect(g, pending, done, name):

@@ -65,13 +65,28 @@ def _spread_windows(g, n, per_offset, kernel_weights, geometry):
     return g.reshape_like(spread, n.inputs[0])
 
 
+SCATTER_MIN_OPSET = 16  # ScatterElements(reduction="add") exists from opset 16
+
+
 @rule("MaxPool", check=_pool_check)
 def max_pool(g, n, dys, needs):
     # A copy of the pool returns the argmax of each window (flat index, first maximum on ties as
-    # in torch); its offset inside the window selects one of K one-hot kernels.
+    # in torch). From opset 16 dY is scatter-added there (overlapping windows add up); below,
+    # the argmax offset inside each window selects one of K one-hot ConvTranspose kernels.
+    _, indices = g.op("MaxPool", n.inputs[0], n_out=2, **_pool_attrs(n))
+    if g.opset >= SCATTER_MIN_OPSET:
+        flat = g.ints([-1])
+        zeros = g.op("Reshape", g.zeros_like(n.inputs[0]), flat)
+        spread = g.op("ScatterElements", zeros, g.op("Reshape", indices, flat),
+                      g.op("Reshape", dys[0], flat), axis=0, reduction="add")
+        return [g.reshape_like(spread, n.inputs[0])]
+    return [_max_pool_taps(g, n, dys[0], indices)]
+
+
+def _max_pool_taps(g, n, dy, indices):
+    """dX from the argmax indices by one-hot taps and one ConvTranspose (no scatter-add)."""
     geometry = _pool_geometry(g, n)
     x_sizes, kernel, strides, dilations, pads, y_sizes, tails = geometry
-    _, indices = g.op("MaxPool", n.inputs[0], n_out=2, **_pool_attrs(n))
     position = g.op("Mod", indices, g.ints([int(np.prod(x_sizes))]))  # within one (n, c) map
     offset = g.op("Sub", position, g.const(_window_starts(x_sizes, strides, pads, y_sizes), np.int64))
     taps = [sum(o * d * stride for o, d, stride in zip(tap, dilations, _row_strides(x_sizes)))
@@ -79,9 +94,9 @@ def max_pool(g, n, dys, needs):
     tap_shape = [1, 1, len(taps)] + [1] * len(kernel)
     hits = g.op("Equal", g.op("Unsqueeze", offset, g.ints([2])), g.const(np.reshape(taps, tap_shape),
                                                                          np.int64))
-    routed = g.op("Mul", g.mask(hits, n.outputs[0]), g.op("Unsqueeze", dys[0], g.ints([2])))
+    routed = g.op("Mul", g.mask(hits, n.outputs[0]), g.op("Unsqueeze", dy, g.ints([2])))
     one_hot = np.eye(len(taps), dtype=np.float32).reshape([len(taps), 1] + kernel)
-    return [_spread_windows(g, n, routed, one_hot, geometry)]
+    return _spread_windows(g, n, routed, one_hot, geometry)
 
 
 def _pool_attrs(n):
