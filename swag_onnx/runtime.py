@@ -32,7 +32,7 @@ def cache_dir() -> Path:
     return base / "swag_onnx"
 
 
-def model_digest(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     """sha256 of the model file (streamed, so large models need no extra memory)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -43,7 +43,7 @@ def model_digest(path: Path) -> str:
 
 def augmented_path(model: Path, layers, score) -> Path:
     """Where the augmented copy of `model` lives in the cache (built there if missing)."""
-    key = "|".join([model_digest(model), ",".join(layers), score or "", __version__])
+    key = "|".join([file_sha256(model), ",".join(layers), score or "", __version__])
     name = hashlib.sha256(key.encode()).hexdigest()[:24]
     target = cache_dir() / f"{model.stem}.{name}.grad.onnx"
     if not target.exists():

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -32,6 +31,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+
+from swag_onnx.runtime import file_sha256
 
 INPUT_SIZE = 224
 LITE0 = "efficientnet_lite0"
@@ -71,15 +72,6 @@ LITE0_SOURCE = {
 }
 TORCHVISION_SOURCE = {"source_package": "torchvision", "code_package": "torchvision",
                       "code_license": "BSD-3-Clause"}
-
-
-def sha256(path: Path) -> str:
-    """Hex SHA-256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_lite0():
@@ -328,8 +320,8 @@ def main(argv: list[str] | None = None) -> None:
         "code_version": package_version(source["code_package"]),
         "model_name": args.model,
         "weights_file": weights_path.name if weights_path else None,
-        "weights_sha256": sha256(weights_path) if weights_path else None,
-        "onnx_sha256": sha256(model_path),
+        "weights_sha256": file_sha256(weights_path) if weights_path else None,
+        "onnx_sha256": file_sha256(model_path),
         "exporter": "torch.onnx.export (TorchScript-based, dynamo=False), opset 17",
         "torch_version": torch.__version__,
         "onnx_check": check,

@@ -197,15 +197,26 @@ def _reduce_check(g, n):
     return None
 
 
+def _is_noop(n) -> bool:
+    """A reduction with no axes and noop_with_empty_axes=1 is the identity."""
+    no_axes = not n.attrs.get("axes") and not n.input(1)
+    return bool(no_axes and n.attrs.get("noop_with_empty_axes", 0))
+
+
+def _keep_dims(g, n, *tensors):
+    """The tensors (shaped like the reduction's output) with the reduced axes kept as 1."""
+    if n.attrs.get("keepdims", 1):
+        return tensors
+    axes = g.ints(_reduce_axes(g, n))
+    return tuple(g.op("Unsqueeze", t, axes) for t in tensors)
+
+
 @rule("ReduceMean", "ReduceSum", check=_reduce_check)
 def reduce_mean_sum(g, n, dys, needs):
     x, y = n.inputs[0], n.outputs[0]
-    no_axes = not n.attrs.get("axes") and not n.input(1)
-    if no_axes and n.attrs.get("noop_with_empty_axes", 0):
+    if _is_noop(n):
         return [dys[0]] + [None] * (len(n.inputs) - 1)
-    dy = dys[0]
-    if not n.attrs.get("keepdims", 1):
-        dy = g.op("Unsqueeze", dy, g.ints(_reduce_axes(g, n)))
+    dy, = _keep_dims(g, n, dys[0])
     dx = g.expand_like(dy, x) if 0 not in _reduce_axes(g, n) else g.op("Expand", dy, g.op("Shape", x))
     if n.op == "ReduceMean":
         dx = g.op("Mul", dx, _size_ratio(g, y, x))
@@ -215,14 +226,10 @@ def reduce_mean_sum(g, n, dys, needs):
 @rule("ReduceMax", "ReduceMin", check=_reduce_check)
 def reduce_max_min(g, n, dys, needs):
     # The gradient is shared evenly by the elements that hit the extremum (torch.amax/amin).
-    x, y = n.inputs[0], n.outputs[0]
-    no_axes = not n.attrs.get("axes") and not n.input(1)
-    if no_axes and n.attrs.get("noop_with_empty_axes", 0):
+    x = n.inputs[0]
+    if _is_noop(n):
         return [dys[0]] + [None] * (len(n.inputs) - 1)
-    axes = _reduce_axes(g, n)
-    dy = dys[0]
-    if not n.attrs.get("keepdims", 1):
-        dy, y = (g.op("Unsqueeze", t, g.ints(axes)) for t in (dy, y))
+    dy, y = _keep_dims(g, n, dys[0], n.outputs[0])
     hits = g.mask(g.op("Equal", x, y), x)
-    share = g.op("Div", hits, g.reduce_sum(hits, axes, keepdims=True))
+    share = g.op("Div", hits, g.reduce_sum(hits, _reduce_axes(g, n), keepdims=True))
     return [g.op("Mul", share, dy)] + [None] * (len(n.inputs) - 1)
