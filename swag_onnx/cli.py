@@ -162,16 +162,17 @@ def run_explain(explainer, named_images, out_dir: Path, methods, target, params,
         task = progress.add_task("explaining", total=len(named_images))
         for start in range(0, len(named_images), batch_size):
             chunk = named_images[start:start + batch_size]
-            for method in methods:
-                results = explainer.explain([image for _, image in chunk], method=method,
-                                            superpixels=superpixels, target=target, **params)
-                for (stem, _), result in zip(chunk, results):
-                    result.timings_ms["writing"] = _write_explanation(result, stem, out_dir,
-                                                                      boundaries)
-                    best = result.top5[0]
-                    rows.append((stem, f"{best['label']} ({best['probability']:.1%})",
-                                 result.target["label"], result.method,
-                                 f"{sum(result.timings_ms.values()):.0f}"))
+            results = explainer.explain([image for _, image in chunk], method=methods,
+                                        superpixels=superpixels, target=target, **params)
+            per_image = len(results) // len(chunk)
+            for k, result in enumerate(results):
+                stem = chunk[k // per_image][0]
+                result.timings_ms["writing"] = _write_explanation(result, stem, out_dir,
+                                                                  boundaries)
+                best = result.top5[0]
+                rows.append((stem, f"{best['label']} ({best['probability']:.1%})",
+                             result.target["label"], result.method,
+                             f"{sum(result.timings_ms.values()):.0f}"))
             progress.advance(task, len(chunk))
     return rows
 
@@ -200,8 +201,19 @@ def explain(
     model: Optional[Path] = typer.Option(None, help="Model folder (model.onnx + card.json) or "
                                          ".onnx file; default: the embedded EfficientNet-Lite0."),
     out_dir: Path = typer.Option(Path("swag-out"), "--out", help="Output folder."),
-    method: List[str] = typer.Option(["swag"], "--method", help="swag (with --superpixels) or "
-                                     "swag-image, swag-gradient, swag-combined; repeatable."),
+    method: List[str] = typer.Option(["swag"], "--method", help="swag (with --superpixels), "
+                                     "swag-image, swag-gradient, swag-combined, gradcam, "
+                                     "gradcam++, normgrad, normgrad-selective, gradient, "
+                                     "gradient-x-input, integrated-gradients, smoothgrad; "
+                                     "repeatable (one model run is shared)."),
+    layer: List[str] = typer.Option([], "--layer", help="Layer(s) for gradcam, gradcam++ and "
+                                    "normgrad: tensor names or 'auto' (default: the card's)."),
+    combine: str = typer.Option("product", help="How several layers combine: product or sum."),
+    steps: Optional[int] = typer.Option(None, help="integrated-gradients: path steps (64)."),
+    samples: Optional[int] = typer.Option(None, help="smoothgrad: noisy samples (50)."),
+    noise: Optional[float] = typer.Option(None, help="smoothgrad: noise std, fraction of the "
+                                          "input range (0.15)."),
+    seed: Optional[int] = typer.Option(None, help="smoothgrad: random seed (0)."),
     superpixels: str = typer.Option("image", help="SWAG superpixel source: image, gradient or "
                                     "combined."),
     target: Optional[str] = typer.Option(None, help="Class index or name to explain "
@@ -230,17 +242,21 @@ def explain(
     divisor: Optional[float] = typer.Option(None, help="(pixel - offset) / divisor scaling."),
     labels: Optional[Path] = typer.Option(None, help="Class names, one per line."),
 ):
-    """Explain images with SWAG: writes <stem>.<method>.png, .npy and .json per image."""
+    """Explain images (SWAG and the comparison methods): writes <stem>.<method>.png, .npy and
+    .json per image and method."""
     from swag_onnx.explain import Explainer
 
     params = {k: v for k, v in dict(
         n_segments=n_segments, compactness=compactness, sigma=sigma,
         gradient_weight=gradient_weight, attribution=attribution, sign=sign, reduce=reduce,
-        smooth_sigma=smooth_sigma, top_k=top_k).items() if v is not None}
+        smooth_sigma=smooth_sigma, top_k=top_k, steps=steps, samples=samples, noise=noise,
+        seed=seed).items() if v is not None}
     with user_errors():
         overrides = _card_overrides(input_size, layout, resize, mean, std, offset, divisor, labels)
-        explainer = Explainer(model, card=overrides, provider=provider, threads=threads)
+        explainer = Explainer(model, card=overrides, layers=layer or None, provider=provider,
+                              threads=threads)
         named, problems = _load_all(images)
+        params["combine"] = combine
         rows = run_explain(explainer, named, out_dir, method, target, params, batch_size,
                            boundaries, superpixels) if named else []
     if rows:
@@ -260,11 +276,11 @@ def demo(out_dir: Path = typer.Option(Path("swag-demo"), "--out", help="Output f
     """Explain scikit-image's cat photo with the default model and all three SWAG variants."""
     from skimage import data
 
-    from swag_onnx.explain import METHODS, Explainer
+    from swag_onnx.explain import SWAG_METHODS, Explainer
 
     with user_errors():
         explainer = Explainer()
-        rows = run_explain(explainer, [("chelsea", data.chelsea())], out_dir, list(METHODS),
+        rows = run_explain(explainer, [("chelsea", data.chelsea())], out_dir, list(SWAG_METHODS),
                            None, {}, 1, True)
     _summary(rows)
     out.print(f"wrote {len(rows)} explanations to {out_dir}/ (provider {explainer.provider})",

@@ -16,10 +16,12 @@ import numpy as np
 from swag_onnx import card as cards
 from swag_onnx import images as imgs
 from swag_onnx.errors import BadOptionError
-from swag_onnx.methods import SOURCES, swag
+from swag_onnx.methods import SOURCES, cam, gradients, swag
 from swag_onnx.runtime import ModelRunner
 
-METHODS = tuple(f"swag-{source}" for source in SOURCES)
+SWAG_METHODS = tuple(f"swag-{source}" for source in SOURCES)
+METHODS = SWAG_METHODS + ("gradcam", "gradcam++", "normgrad", "normgrad-selective", "gradient",
+                          "gradient-x-input", "integrated-gradients", "smoothgrad")
 
 
 @dataclass
@@ -61,13 +63,15 @@ class Explainer:
 
     model: a folder with model.onnx and card.json, an .onnx file (card.json or <stem>.card.json
     beside it), or None for the embedded default model. card: fields that replace or stand in
-    for the card's (input_size, scaling, layout, resize, class_names, ...).
+    for the card's (input_size, scaling, layout, resize, class_names, ...). layers: tensor names
+    (or "auto") for the layer-based methods; default the card's default_layers.
     """
 
     def __init__(self, model: str | Path | None = None, *, card: dict | None = None,
-                 provider: str = "auto", threads: int | None = None):
+                 layers: list[str] | None = None, provider: str = "auto",
+                 threads: int | None = None):
         self.onnx_path, self.card = cards.resolve(model, card)
-        layers = self.card.get("default_layers") or ["auto"]
+        layers = layers or self.card.get("default_layers") or ["auto"]
         self.runner = ModelRunner(self.onnx_path, layers=layers, score=self.card.get("score"),
                                   provider=provider, threads=threads)
         self.card.setdefault("layout", self.runner.contract.layout)
@@ -92,15 +96,23 @@ class Explainer:
         batch, _ = imgs.batch_preprocess(rgbs, self.card)
         return [Prediction(self._top5(p)) for p in softmax(self.runner.scores(batch))]
 
-    def explain(self, images, method: str = "swag", superpixels: str = "image",
-                target: str | int | None = None, **params) -> list[Explanation]:
-        """SWAG maps for a batch of images (one forward+backward run for the whole batch).
+    def explain(self, images, method: str | list[str] = "swag", superpixels: str = "image",
+                target: str | int | None = None, combine: str = "product",
+                **params) -> list[Explanation]:
+        """Saliency maps for a batch of images, sharing one forward+backward run between all
+        methods (integrated gradients and SmoothGrad add their own batched runs).
 
-        method "swag" with superpixels image|gradient|combined (or method "swag-<source>");
-        target: class index or name (case-insensitive), default each image's top-1 class;
-        params: SWAG parameters (see swag_onnx.methods.swag), e.g. n_segments, top_k.
+        method: one name or a list (see METHODS): "swag" (with `superpixels` image|gradient|
+        combined) or "swag-<source>", "gradcam", "gradcam++", "normgrad", "normgrad-selective"
+        (at the Explainer's layers; several layers combine by `combine`: product or sum),
+        "gradient", "gradient-x-input", "integrated-gradients", "smoothgrad".
+        target: class index or name (case-insensitive), default each image's top-1 class.
+        params: method parameters (SWAG: n_segments, top_k, ...; integrated-gradients: steps;
+        smoothgrad: samples, noise, seed). Returns the explanations image by image, each
+        image's methods in the order given.
         """
-        source = _swag_source(method, superpixels)
+        names = _method_names(method, superpixels)
+        params_for = _split_params(names, params)
         start = time.perf_counter()
         rgbs = self._load(images)
         batch, geometries = imgs.batch_preprocess(rgbs, self.card)
@@ -112,38 +124,104 @@ class Explainer:
         outputs = self.runner.gradients(batch, seed)  # one run: scores and gradients
         probabilities = softmax(outputs.scores)
         targets = [fixed if fixed is not None else int(p.argmax()) for p in probabilities]
-        grads = outputs.input_grad
-        if self.card["layout"] == "NCHW":
-            grads, batch = grads.transpose(0, 2, 3, 1), batch.transpose(0, 2, 3, 1)
-        passed = time.perf_counter()
-        per_image_shared = {"decode_preprocess": (prepared - start) * 1e3 / len(rgbs),
-                            "forward_backward": (passed - prepared) * 1e3 / len(rgbs)}
+        shared = {"decode_preprocess": (prepared - start) * 1e3 / len(rgbs),
+                  "forward_backward": (time.perf_counter() - prepared) * 1e3 / len(rgbs)}
         results = []
         for i, rgb in enumerate(rgbs):
-            view = imgs.model_view(rgb, geometries[i]).astype(np.float32) / 255.0
-            t0 = time.perf_counter()
-            result = swag(grads[i], view, model_input=batch[i], source=source, **params)
-            t1 = time.perf_counter()
-            saliency = imgs.normalize(imgs.to_original(result.saliency, geometries[i]))
-            labels = imgs.labels_to_original(result.labels, geometries[i])
-            t2 = time.perf_counter()
-            timings = dict(per_image_shared, segmentation_scoring=(t1 - t0) * 1e3,
-                           upsampling=(t2 - t1) * 1e3)
-            results.append(Explanation(
-                saliency=saliency, method=f"swag-{source}",
-                target={"index": targets[i], "label": cards.class_name(self.card, targets[i])},
-                top5=self._top5(probabilities[i]), params=result.params, provider=self.provider,
-                timings_ms=timings, labels=labels, image=rgb))
+            for name in names:
+                t0 = time.perf_counter()
+                model_map, labels, used = self._method_map(
+                    name, batch[i], outputs, i, targets[i], rgb, geometries[i], combine,
+                    params_for[name])
+                t1 = time.perf_counter()
+                saliency = imgs.normalize(imgs.to_original(model_map, geometries[i]))
+                if labels is not None:
+                    labels = imgs.labels_to_original(labels, geometries[i])
+                timings = dict(shared, method=(t1 - t0) * 1e3,
+                               upsampling=(time.perf_counter() - t1) * 1e3)
+                results.append(Explanation(
+                    saliency=saliency, method=name,
+                    target={"index": targets[i], "label": cards.class_name(self.card, targets[i])},
+                    top5=self._top5(probabilities[i]), params=used, provider=self.provider,
+                    timings_ms=timings, labels=labels, image=rgb))
         return results
 
+    def _method_map(self, name, x, outputs, i, target, rgb, geometry, combine, params):
+        """One method's map at the model input resolution (h, w), its superpixels (or None),
+        and the parameters used."""
+        channels_first = self.card["layout"] == "NCHW"
+        size = geometry.input_size
+        if name.startswith("swag-"):
+            grad = outputs.input_grad[i]
+            x_hwc, grad_hwc = (x.transpose(1, 2, 0), grad.transpose(1, 2, 0)) if channels_first \
+                else (x, grad)
+            view = imgs.model_view(rgb, geometry).astype(np.float32) / 255.0
+            result = swag(grad_hwc, view, model_input=x_hwc, source=name[5:], **params)
+            return result.saliency, result.labels, result.params
+        if name in cam.CAM_METHODS:
+            maps = [cam.CAM_METHODS[name](*self._layer(outputs, layer, i))
+                    for layer in self.runner.layers]
+            return cam.combine_layers(maps, size, mode=combine), None, \
+                {"layers": self.runner.layers, "combine": combine}
+        channel_axis = 0 if channels_first else -1
+        if name in ("gradient", "gradient-x-input"):
+            attribution = outputs.input_grad[i]
+            if name == "gradient-x-input":
+                attribution = attribution * x
+        else:
+            attribution = gradients.GRADIENT_METHODS[name](x, self._grad_fn(target), **params)
+        return gradients.saliency_map(attribution, channel_axis), None, dict(params)
 
-def _swag_source(method: str, superpixels: str) -> str:
-    if method in METHODS:
-        return method.split("-", 1)[1]
-    if method != "swag":
-        raise BadOptionError(f"unknown method {method!r}; choose swag or one of: "
-                             + ", ".join(METHODS))
-    if superpixels not in SOURCES:
-        raise BadOptionError(f"unknown superpixel source {superpixels!r}; choose one of: "
-                             + ", ".join(SOURCES))
-    return superpixels
+    def _layer(self, outputs, layer: str, i: int):
+        """(activation, gradient) of a layer for image i, channels first (K, h, w)."""
+        act, grad = outputs.activations[layer][i], outputs.layer_grads[layer][i]
+        if act.ndim != 3:
+            raise BadOptionError(f"layer {layer!r} has shape {act.shape}, not a spatial map; "
+                                 "choose a layer from `swag-onnx inspect`")
+        if self.card["layout"] == "NHWC" and act.shape[-1] > act.shape[0]:
+            act, grad = act.transpose(2, 0, 1), grad.transpose(2, 0, 1)
+        return act, grad
+
+    def _grad_fn(self, target: int):
+        """batch (model layout) -> (target scores (N,), input gradients): the model function
+        that integrated gradients and SmoothGrad call (in batches)."""
+        def grad_fn(batch):
+            seed = np.zeros((len(batch), self.num_classes), np.float32)
+            seed[:, target] = 1.0
+            out = self.runner.gradients(np.ascontiguousarray(batch, np.float32), seed)
+            return out.scores[:, target], out.input_grad
+        return grad_fn
+
+
+SWAG_PARAMS = {"attribution", "sign", "reduce", "smooth_sigma", "n_segments", "compactness",
+               "sigma", "gradient_weight", "clip_quantile", "top_k"}
+METHOD_PARAMS = {"integrated-gradients": {"steps", "batch_size", "baseline"},
+                 "smoothgrad": {"samples", "noise", "batch_size", "seed"}}
+
+
+def _method_names(method, superpixels: str) -> list[str]:
+    names = [method] if isinstance(method, str) else list(method)
+    resolved = []
+    for name in names:
+        if name == "swag":
+            if superpixels not in SOURCES:
+                raise BadOptionError(f"unknown superpixel source {superpixels!r}; choose one "
+                                     "of: " + ", ".join(SOURCES))
+            name = f"swag-{superpixels}"
+        if name not in METHODS:
+            raise BadOptionError(f"unknown method {name!r}; choose one of: swag, "
+                                 + ", ".join(METHODS))
+        if name not in resolved:
+            resolved.append(name)
+    return resolved
+
+
+def _split_params(names: list[str], params: dict) -> dict[str, dict]:
+    """Each method's own parameters; a parameter no chosen method takes is an error."""
+    accepted = {n: SWAG_PARAMS if n.startswith("swag-") else METHOD_PARAMS.get(n, set())
+                for n in names}
+    unused = set(params) - set().union(*accepted.values())
+    if unused:
+        raise BadOptionError(f"option(s) {', '.join(sorted(unused))} do not apply to "
+                             f"{', '.join(names)}")
+    return {n: {k: v for k, v in params.items() if k in accepted[n]} for n in names}

@@ -8,6 +8,7 @@ the requested layers and score, so a read-only model folder is never written to.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -41,9 +42,19 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+@functools.lru_cache(maxsize=1)
+def augmenter_digest() -> str:
+    """sha256 of the augmentation code (swag_onnx/graph): a cached model built by other code
+    (an older or newer swag_onnx) is never reused."""
+    digest = hashlib.sha256(__version__.encode())
+    for source in sorted((Path(__file__).parent / "graph").rglob("*.py")):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
 def augmented_path(model: Path, layers, score) -> Path:
     """Where the augmented copy of `model` lives in the cache (built there if missing)."""
-    key = "|".join([file_sha256(model), ",".join(layers), score or "", __version__])
+    key = "|".join([file_sha256(model), ",".join(layers), score or "", augmenter_digest()])
     name = hashlib.sha256(key.encode()).hexdigest()[:24]
     target = cache_dir() / f"{model.stem}.{name}.grad.onnx"
     if not target.exists():

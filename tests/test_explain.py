@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from swag_onnx.cli import app
 from swag_onnx.errors import BadModelError, BadOptionError
-from swag_onnx.explain import METHODS, Explainer
+from swag_onnx.explain import METHODS, SWAG_METHODS, Explainer
 
 runner = CliRunner()
 CATS = range(281, 286)
@@ -39,7 +39,7 @@ def test_default_model_recognises_scikit_image_photos(default):
     assert abs(sum(t["probability"] for t in chelsea.top5) - 1) < 0.5
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", SWAG_METHODS)
 def test_maps_have_original_size_range_and_are_deterministic(default, method):
     image = data.coffee()
     first, = default.explain([image], method=method)
@@ -96,7 +96,7 @@ def red_model(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", SWAG_METHODS)
 def test_swag_mass_lies_on_the_evidence(red_model, method):
     rng = np.random.default_rng(0)
     image = rng.integers(60, 120, (128, 128, 3), dtype=np.uint8)  # grey-ish noise
@@ -178,7 +178,7 @@ def test_demo_writes_three_variants(tmp_path, monkeypatch):
     result = runner.invoke(app, ["demo"])
     assert result.exit_code == 0, result.output
     written = sorted(p.name for p in (tmp_path / "swag-demo").iterdir())
-    assert written == sorted(f"chelsea.{m}.{e}" for m in METHODS for e in ("png", "npy", "json"))
+    assert written == sorted(f"chelsea.{m}.{e}" for m in SWAG_METHODS for e in ("png", "npy", "json"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["swag-demo"]  # nothing else written
 
 
@@ -205,3 +205,65 @@ def test_provider_reported_is_the_one_that_runs(photos, tmp_path):
         assert cuda.exit_code == 2 and "CUDA could not be loaded" in cuda.output
     bad = runner.invoke(app, ["explain", str(photos / "coffee.png"), "--provider", "tpu"])
     assert bad.exit_code == 2 and "unknown provider" in bad.output
+
+
+def test_cache_is_keyed_by_model_and_augmentation_code(tmp_path, monkeypatch):
+    from swag_onnx import runtime
+    monkeypatch.setenv("SWAG_ONNX_CACHE", str(tmp_path))
+    model = Explainer().onnx_path
+    first = runtime.augmented_path(model, ("auto",), None)
+    assert first.parent == tmp_path and runtime.augmented_path(model, ("auto",), None) == first
+    runtime.augmenter_digest.cache_clear()
+    monkeypatch.setattr(runtime, "__version__", "0.0.0-other")
+    assert runtime.augmented_path(model, ("auto",), None) != first  # other code: rebuilt
+    runtime.augmenter_digest.cache_clear()
+
+
+OTHER_METHODS = [m for m in METHODS if m not in SWAG_METHODS]
+FAST = {"steps": 8, "samples": 6}
+
+
+def test_all_methods_share_one_call_and_have_the_right_shape(default):
+    results = default.explain([data.coffee(), data.chelsea()], method=list(METHODS), **FAST)
+    assert [r.method for r in results] == list(METHODS) * 2
+    for r in results:
+        assert r.saliency.shape == r.image.shape[:2] and r.saliency.max() == 1.0, r.method
+        assert np.isfinite(r.saliency).all() and r.saliency.min() >= 0.0
+    gradcam = next(r for r in results if r.method == "gradcam")
+    assert gradcam.params["layers"] == ["/_swish_1/Clip_output_0"]  # the auto layer
+
+
+@pytest.mark.parametrize("method", OTHER_METHODS)
+def test_comparison_methods_find_the_evidence(red_model, method):
+    rng = np.random.default_rng(0)
+    image = rng.integers(60, 120, (128, 128, 3), dtype=np.uint8)
+    image[40:72, 70:102] = [220, 30, 30]
+    inside = np.zeros(image.shape[:2], bool)
+    inside[40:72, 70:102] = True
+    params = {"integrated-gradients": {"steps": 8}, "smoothgrad": {"samples": 6}}.get(method, {})
+    result, = Explainer(red_model).explain([image], method=method, target="red", **params)
+    share = result.saliency[inside].sum() / result.saliency.sum()
+    assert share > 0.5, f"{method}: only {share:.0%} of the map on the evidence"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--method", "gradcam", "--layer", "no_such_tensor"], "not a float tensor"),
+    (["--method", "swag", "--steps", "8"], "do not apply"),
+    (["--method", "normgrad", "--combine", "mean"], "mode"),
+])
+def test_comparison_method_bad_options(photos, tmp_path, args, message):
+    result = runner.invoke(app, ["explain", str(photos / "coffee.png"), "--out",
+                                 str(tmp_path / "o")] + args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_normgrad_combines_layers(default, tmp_path):
+    from swag_onnx.graph import describe
+    from swag_onnx.graph.analysis import stage_outputs
+    info = describe(default.onnx_path)
+    layers = [name for name, _ in stage_outputs(info.layers, info.layout)][-2:]
+    explainer = Explainer(layers=layers)
+    product, = explainer.explain([data.coffee()], method="normgrad", combine="product")
+    total, = explainer.explain([data.coffee()], method="normgrad", combine="sum")
+    assert product.params["layers"] == layers and not np.allclose(product.saliency, total.saliency)
