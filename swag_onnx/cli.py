@@ -204,16 +204,19 @@ def explain(
     method: List[str] = typer.Option(["swag"], "--method", help="swag (with --superpixels), "
                                      "swag-image, swag-gradient, swag-combined, gradcam, "
                                      "gradcam++, normgrad, normgrad-selective, gradient, "
-                                     "gradient-x-input, integrated-gradients, smoothgrad; "
+                                     "gradient-x-input, integrated-gradients, smoothgrad, "
+                                     "lime, rise; "
                                      "repeatable (one model run is shared)."),
     layer: List[str] = typer.Option([], "--layer", help="Layer(s) for gradcam, gradcam++ and "
                                     "normgrad: tensor names or 'auto' (default: the card's)."),
     combine: str = typer.Option("product", help="How several layers combine: product or sum."),
     steps: Optional[int] = typer.Option(None, help="integrated-gradients: path steps (64)."),
-    samples: Optional[int] = typer.Option(None, help="smoothgrad: noisy samples (50)."),
+    samples: Optional[int] = typer.Option(None, help="smoothgrad: noisy samples (50); lime: "
+                                          "perturbed samples (1000)."),
+    masks: Optional[int] = typer.Option(None, help="rise: random masks (4000)."),
     noise: Optional[float] = typer.Option(None, help="smoothgrad: noise std, fraction of the "
                                           "input range (0.15)."),
-    seed: Optional[int] = typer.Option(None, help="smoothgrad: random seed (0)."),
+    seed: Optional[int] = typer.Option(None, help="smoothgrad, lime, rise: random seed (0)."),
     superpixels: str = typer.Option("image", help="SWAG superpixel source: image, gradient or "
                                     "combined."),
     target: Optional[str] = typer.Option(None, help="Class index or name to explain "
@@ -250,7 +253,7 @@ def explain(
         n_segments=n_segments, compactness=compactness, sigma=sigma,
         gradient_weight=gradient_weight, attribution=attribution, sign=sign, reduce=reduce,
         smooth_sigma=smooth_sigma, top_k=top_k, steps=steps, samples=samples, noise=noise,
-        seed=seed).items() if v is not None}
+        seed=seed, masks=masks).items() if v is not None}
     with user_errors():
         overrides = _card_overrides(input_size, layout, resize, mean, std, offset, divisor, labels)
         explainer = Explainer(model, card=overrides, layers=layer or None, provider=provider,

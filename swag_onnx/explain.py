@@ -17,11 +17,14 @@ from swag_onnx import card as cards
 from swag_onnx import images as imgs
 from swag_onnx.errors import BadOptionError
 from swag_onnx.methods import SOURCES, cam, gradients, swag
+from swag_onnx.methods.lime import lime
+from swag_onnx.methods.rise import rise
 from swag_onnx.runtime import ModelRunner
 
 SWAG_METHODS = tuple(f"swag-{source}" for source in SOURCES)
 METHODS = SWAG_METHODS + ("gradcam", "gradcam++", "normgrad", "normgrad-selective", "gradient",
-                          "gradient-x-input", "integrated-gradients", "smoothgrad")
+                          "gradient-x-input", "integrated-gradients", "smoothgrad", "lime",
+                          "rise")
 
 
 @dataclass
@@ -105,10 +108,10 @@ class Explainer:
         method: one name or a list (see METHODS): "swag" (with `superpixels` image|gradient|
         combined) or "swag-<source>", "gradcam", "gradcam++", "normgrad", "normgrad-selective"
         (at the Explainer's layers; several layers combine by `combine`: product or sum),
-        "gradient", "gradient-x-input", "integrated-gradients", "smoothgrad".
+        "gradient", "gradient-x-input", "integrated-gradients", "smoothgrad", "lime", "rise".
         target: class index or name (case-insensitive), default each image's top-1 class.
         params: method parameters (SWAG: n_segments, top_k, ...; integrated-gradients: steps;
-        smoothgrad: samples, noise, seed). Returns the explanations image by image, each
+        smoothgrad: samples, noise, seed; lime: samples, seed; rise: masks, grid, p, seed). Returns the explanations image by image, each
         image's methods in the order given.
         """
         names = _method_names(method, superpixels)
@@ -164,6 +167,14 @@ class Explainer:
             return cam.combine_layers(maps, size, mode=combine), None, \
                 {"layers": self.runner.layers, "combine": combine}
         channel_axis = 0 if channels_first else -1
+        if name == "rise":
+            saliency = rise(x, self._probabilities, target, channel_axis=channel_axis, **params)
+            return saliency, None, dict(params)
+        if name == "lime":
+            view = imgs.model_view(rgb, geometry)
+            saliency, segments, _ = lime(x, view, self._probabilities, target,
+                                         channel_axis=channel_axis, **params)
+            return np.maximum(saliency, 0.0), segments, dict(params)  # evidence for the class
         if name in ("gradient", "gradient-x-input"):
             attribution = outputs.input_grad[i]
             if name == "gradient-x-input":
@@ -171,6 +182,10 @@ class Explainer:
         else:
             attribution = gradients.GRADIENT_METHODS[name](x, self._grad_fn(target), **params)
         return gradients.saliency_map(attribution, channel_axis), None, dict(params)
+
+    def _probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """Softmax probabilities [N, K] of a preprocessed batch (LIME and RISE call this)."""
+        return softmax(self.runner.scores(np.ascontiguousarray(batch, np.float32)))
 
     def _layer(self, outputs, layer: str, i: int):
         """(activation, gradient) of a layer for image i, channels first (K, h, w)."""
@@ -196,7 +211,9 @@ class Explainer:
 SWAG_PARAMS = {"attribution", "sign", "reduce", "smooth_sigma", "n_segments", "compactness",
                "sigma", "gradient_weight", "clip_quantile", "top_k"}
 METHOD_PARAMS = {"integrated-gradients": {"steps", "batch_size", "baseline"},
-                 "smoothgrad": {"samples", "noise", "batch_size", "seed"}}
+                 "smoothgrad": {"samples", "noise", "batch_size", "seed"},
+                 "lime": {"samples", "kernel_width", "batch_size", "seed"},
+                 "rise": {"masks", "grid", "p", "batch_size", "seed"}}
 
 
 def _method_names(method, superpixels: str) -> list[str]:

@@ -1,0 +1,150 @@
+"""RISE: Randomized Input Sampling for Explanation (Petsiuk, Das, Saenko, BMVC 2018).
+
+Explains ONE input ``x`` in the model's layout, (C, H, W) with ``channel_axis=0`` or (H, W, C)
+with ``channel_axis=-1``, and reaches the model only through
+
+    probabilities(batch) -> (N, K) softmax probabilities
+
+where ``batch`` has shape (N, *x.shape) and dtype of ``x``. This module never imports a runtime.
+
+Mask i: a ``grid`` x ``grid`` binary grid, each cell on with probability ``p``; cell size
+(cell_h, cell_w) = (ceil(H / grid), ceil(W / grid)); the grid is upsampled bilinearly
+(cv2.resize, INTER_LINEAR) to ((grid + 1) * cell_h, (grid + 1) * cell_w) and an H x W window
+is cropped at a random shift in [0, cell_h) x [0, cell_w) (the reference implementation's
+"random shift"). The masked input is ``x * M_i`` on all channels (zero in the normalised space
+is the dataset's mean colour), and
+
+    map = sum_i probabilities(x * M_i)[target] * M_i / (masks * p)       (H, W) float32.
+
+Masks are generated and consumed ``batch_size`` at a time, so memory is bounded by
+``batch_size`` inputs whatever ``masks`` is. The random numbers are drawn per mask in mask order
+(grid cells, then the two shifts) from ``numpy.random.default_rng(seed)``, so the map depends
+on ``seed`` but not on ``batch_size``. Sums are accumulated in float64.
+
+``PERTURBATION_METHODS`` maps CLI names to callables ``(x, probabilities, target, **params)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional
+
+import cv2
+import numpy as np
+
+from swag_onnx.errors import BadOptionError
+
+ProbFn = Callable[[np.ndarray], np.ndarray]
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    """``value`` as an int; BadOptionError unless an integer (not bool) >= minimum."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise BadOptionError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise BadOptionError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_probability(name: str, value: Any) -> float:
+    """``value`` as a float; BadOptionError unless a number strictly between 0 and 1."""
+    if isinstance(value, (bool, np.bool_)):
+        raise BadOptionError(f"{name} must be a number in (0, 1), got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise BadOptionError(f"{name} must be a number in (0, 1), got {value!r}") from None
+    if not 0.0 < number < 1.0:
+        raise BadOptionError(f"{name} must be a number in (0, 1), got {value!r}")
+    return number
+
+
+def _spatial_shape(x: np.ndarray, channel_axis: Any) -> tuple[int, int]:
+    """(H, W) of a 3-D ``x`` whose channels are on ``channel_axis`` (0 or -1)."""
+    if x.ndim != 3:
+        raise BadOptionError(f"x must be one image of 3 dimensions, got shape {x.shape}")
+    if isinstance(channel_axis, bool) or channel_axis not in (0, -1, 2):
+        raise BadOptionError(f"channel_axis must be 0 or -1, got {channel_axis!r}")
+    if channel_axis == 0:
+        return int(x.shape[1]), int(x.shape[2])
+    return int(x.shape[0]), int(x.shape[1])
+
+
+def generate_masks(
+    rng: np.random.Generator, count: int, height: int, width: int, grid: int, p: float
+) -> np.ndarray:
+    """``count`` RISE masks (count, height, width) float32 in [0, 1], drawn from ``rng``.
+
+    Per mask, in order: grid x grid uniforms (cell on where < p), then the row shift in
+    [0, cell_h), then the column shift in [0, cell_w). Drawing mask by mask makes a sequence of
+    calls with any split of ``count`` give the same masks.
+    """
+    cell_h, cell_w = math.ceil(height / grid), math.ceil(width / grid)
+    up_h, up_w = (grid + 1) * cell_h, (grid + 1) * cell_w
+    out = np.empty((count, height, width), np.float32)
+    for i in range(count):
+        cells = (rng.random((grid, grid)) < p).astype(np.float32)
+        dy = int(rng.integers(0, cell_h))
+        dx = int(rng.integers(0, cell_w))
+        up = cv2.resize(cells, (up_w, up_h), interpolation=cv2.INTER_LINEAR)
+        out[i] = up[dy : dy + height, dx : dx + width]
+    return out
+
+
+def rise(
+    x: np.ndarray,
+    probabilities: ProbFn,
+    target: int,
+    *,
+    channel_axis: int = 0,
+    masks: int = 4000,
+    grid: int = 7,
+    p: float = 0.5,
+    batch_size: int = 64,
+    seed: int = 0,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> np.ndarray:
+    """RISE saliency map (H, W) float32 of class ``target`` for one image ``x``.
+
+    x: (C, H, W) (``channel_axis=0``) or (H, W, C) (``channel_axis=-1``), preprocessed.
+    probabilities: batch (N, *x.shape) -> (N, K) softmax probabilities; called with at most
+        ``batch_size`` images at a time.
+    masks: number of random masks N; grid: cells per side s; p: probability a cell is on.
+    seed: seed of ``numpy.random.default_rng``; the map does not depend on ``batch_size``.
+    progress: optional ``progress(done, total)`` called after each batch.
+    """
+    x = np.asarray(x)
+    height, width = _spatial_shape(x, channel_axis)
+    masks = _check_int("masks", masks, 1)
+    grid = _check_int("grid", grid, 1)
+    batch_size = _check_int("batch_size", batch_size, 1)
+    seed = _check_int("seed", seed, 0)
+    p = _check_probability("p", p)
+    if isinstance(target, (bool, np.bool_)) or not isinstance(target, (int, np.integer)):
+        raise BadOptionError(f"target must be a class index, got {target!r}")
+    target = int(target)
+
+    rng = np.random.default_rng(seed)
+    total = np.zeros((height, width), np.float64)
+    done = 0
+    while done < masks:
+        count = min(batch_size, masks - done)
+        m = generate_masks(rng, count, height, width, grid, p)
+        mb = m[:, None, :, :] if channel_axis == 0 else m[:, :, :, None]
+        batch = (x[None] * mb).astype(x.dtype, copy=False)
+        probs = np.asarray(probabilities(batch))
+        if probs.ndim != 2 or probs.shape[0] != count:
+            raise BadOptionError(
+                f"probabilities must return shape ({count}, K), got {probs.shape}"
+            )
+        if not 0 <= target < probs.shape[1]:
+            raise BadOptionError(f"target {target} out of range for {probs.shape[1]} classes")
+        scores = probs[:, target].astype(np.float64)
+        total += np.tensordot(scores, m.astype(np.float64), axes=1)
+        done += count
+        if progress is not None:
+            progress(done, masks)
+    return (total / (masks * p)).astype(np.float32)
+
+
+PERTURBATION_METHODS: dict[str, Callable[..., np.ndarray]] = {"rise": rise}
