@@ -33,17 +33,9 @@ import cv2
 import numpy as np
 
 from swag_onnx.errors import BadOptionError
+from swag_onnx.methods.gradients import _check_int
 
 ProbFn = Callable[[np.ndarray], np.ndarray]
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    """``value`` as an int; BadOptionError unless an integer (not bool) >= minimum."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise BadOptionError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise BadOptionError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _check_probability(name: str, value: Any) -> float:
