@@ -158,12 +158,21 @@ def run_explain(explainer, named_images, out_dir: Path, methods, target, params,
                 boundaries, superpixels: str = "image") -> list[tuple]:
     """Explain (stem, image) pairs in batches with every method; returns summary rows."""
     rows = []
-    with _progress(len(named_images)) as progress:
+    slow = any(m in ("lime", "rise") for m in methods)
+    with _progress(len(named_images) + (4 if slow else 0)) as progress:
         task = progress.add_task("explaining", total=len(named_images))
+        samples = {}
+
+        def on_progress(method: str, done: int, total: int) -> None:
+            if method not in samples:
+                samples[method] = progress.add_task(f"{method} samples", total=total)
+            progress.update(samples[method], completed=done, total=total)
+
         for start in range(0, len(named_images), batch_size):
             chunk = named_images[start:start + batch_size]
             results = explainer.explain([image for _, image in chunk], method=methods,
-                                        superpixels=superpixels, target=target, **params)
+                                        superpixels=superpixels, target=target,
+                                        on_progress=on_progress, **params)
             per_image = len(results) // len(chunk)
             for k, result in enumerate(results):
                 stem = chunk[k // per_image][0]

@@ -7,6 +7,7 @@ size.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,7 +102,7 @@ class Explainer:
 
     def explain(self, images, method: str | list[str] = "swag", superpixels: str = "image",
                 target: str | int | None = None, combine: str = "product",
-                **params) -> list[Explanation]:
+                on_progress=None, **params) -> list[Explanation]:
         """Saliency maps for a batch of images, sharing one forward+backward run between all
         methods (integrated gradients and SmoothGrad add their own batched runs).
 
@@ -111,8 +112,9 @@ class Explainer:
         "gradient", "gradient-x-input", "integrated-gradients", "smoothgrad", "lime", "rise".
         target: class index or name (case-insensitive), default each image's top-1 class.
         params: method parameters (SWAG: n_segments, top_k, ...; integrated-gradients: steps;
-        smoothgrad: samples, noise, seed; lime: samples, seed; rise: masks, grid, p, seed). Returns the explanations image by image, each
-        image's methods in the order given.
+        smoothgrad: samples, noise, seed; lime: samples, seed; rise: masks, grid, p, seed).
+        on_progress(method, done, total): called as LIME and RISE score their sample batches.
+        Returns the explanations image by image, each image's methods in the order given.
         """
         names = _method_names(method, superpixels)
         params_for = _split_params(names, params)
@@ -133,9 +135,12 @@ class Explainer:
         for i, rgb in enumerate(rgbs):
             for name in names:
                 t0 = time.perf_counter()
+                extra = {}
+                if on_progress is not None and name in ("lime", "rise"):
+                    extra["progress"] = functools.partial(on_progress, name)
                 model_map, labels, used = self._method_map(
                     name, batch[i], outputs, i, targets[i], rgb, geometries[i], combine,
-                    params_for[name])
+                    {**params_for[name], **extra})
                 t1 = time.perf_counter()
                 saliency = imgs.normalize(imgs.to_original(model_map, geometries[i]))
                 if labels is not None:
@@ -169,12 +174,12 @@ class Explainer:
         channel_axis = 0 if channels_first else -1
         if name == "rise":
             saliency = rise(x, self._probabilities, target, channel_axis=channel_axis, **params)
-            return saliency, None, dict(params)
+            return saliency, None, _recorded(params)
         if name == "lime":
             view = imgs.model_view(rgb, geometry)
             saliency, segments, _ = lime(x, view, self._probabilities, target,
                                          channel_axis=channel_axis, **params)
-            return np.maximum(saliency, 0.0), segments, dict(params)  # evidence for the class
+            return np.maximum(saliency, 0.0), segments, _recorded(params)  # class evidence
         if name in ("gradient", "gradient-x-input"):
             attribution = outputs.input_grad[i]
             if name == "gradient-x-input":
@@ -214,6 +219,11 @@ METHOD_PARAMS = {"integrated-gradients": {"steps", "batch_size", "baseline"},
                  "smoothgrad": {"samples", "noise", "batch_size", "seed"},
                  "lime": {"samples", "kernel_width", "batch_size", "seed"},
                  "rise": {"masks", "grid", "p", "batch_size", "seed"}}
+
+
+def _recorded(params: dict) -> dict:
+    """The parameters worth recording (not callbacks)."""
+    return {k: v for k, v in params.items() if not callable(v)}
 
 
 def _method_names(method, superpixels: str) -> list[str]:

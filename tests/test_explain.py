@@ -287,3 +287,11 @@ def test_normgrad_combines_layers(default, tmp_path):
     product, = explainer.explain([data.coffee()], method="normgrad", combine="product")
     total, = explainer.explain([data.coffee()], method="normgrad", combine="sum")
     assert product.params["layers"] == layers and not np.allclose(product.saliency, total.saliency)
+
+
+def test_perturbation_methods_report_progress(default):
+    seen = []
+    default.explain([data.coffee()], method=["rise", "lime"], masks=128, samples=100,
+                    on_progress=lambda method, done, total: seen.append((method, done, total)))
+    assert ("rise", 128, 128) in seen and ("lime", 100, 100) in seen
+    assert all(done <= total for _, done, total in seen)
