@@ -4,24 +4,7 @@ Metrics never import onnxruntime: they receive the model as ``probabilities(batc
 softmax probabilities, the batch in the model's input layout (see each module).
 """
 
-from swag_onnx.metrics.insertion_deletion import (
-    auc,
-    blur,
-    curve_fractions,
-    default_step,
-    deletion_curve,
-    insertion_curve,
-    pixel_order,
-    to_model_resolution,
-)
+from swag_onnx.metrics import insertion_deletion
+from swag_onnx.metrics.insertion_deletion import *  # noqa: F401,F403  (its __all__)
 
-__all__ = [
-    "auc",
-    "blur",
-    "curve_fractions",
-    "default_step",
-    "deletion_curve",
-    "insertion_curve",
-    "pixel_order",
-    "to_model_resolution",
-]
+__all__ = list(insertion_deletion.__all__)
