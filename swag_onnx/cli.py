@@ -157,8 +157,10 @@ def _progress(total: int):
 def run_explain(explainer, named_images, out_dir: Path, methods, target, params, batch_size,
                 boundaries, superpixels: str = "image") -> list[tuple]:
     """Explain (stem, image) pairs in batches with every method; returns summary rows."""
+    from swag_onnx.explain import PROGRESS_METHODS
+
     rows = []
-    slow = any(m in ("lime", "rise") for m in methods)
+    slow = any(m in PROGRESS_METHODS for m in methods)
     with _progress(len(named_images) + (4 if slow else 0)) as progress:
         task = progress.add_task("explaining", total=len(named_images))
         samples = {}
@@ -214,12 +216,13 @@ def explain(
                                      "swag-image, swag-gradient, swag-combined, gradcam, "
                                      "gradcam++, normgrad, normgrad-selective, gradient, "
                                      "gradient-x-input, integrated-gradients, smoothgrad, "
-                                     "lime, rise; "
+                                     "lime, rise, xrai; "
                                      "repeatable (one model run is shared)."),
     layer: List[str] = typer.Option([], "--layer", help="Layer(s) for gradcam, gradcam++ and "
                                     "normgrad: tensor names or 'auto' (default: the card's)."),
     combine: str = typer.Option("product", help="How several layers combine: product or sum."),
-    steps: Optional[int] = typer.Option(None, help="integrated-gradients: path steps (64)."),
+    steps: Optional[int] = typer.Option(None, help="integrated-gradients: path steps (64); "
+                                        "xrai: steps per baseline (50)."),
     samples: Optional[int] = typer.Option(None, help="smoothgrad: noisy samples (50); lime: "
                                           "perturbed samples (1000)."),
     masks: Optional[int] = typer.Option(None, help="rise: random masks (4000)."),

@@ -20,12 +20,15 @@ from swag_onnx.errors import BadOptionError
 from swag_onnx.methods import SOURCES, cam, gradients, swag
 from swag_onnx.methods.lime import lime
 from swag_onnx.methods.rise import rise
+from swag_onnx.methods.xrai import DEFAULT_STEPS as XRAI_STEPS
+from swag_onnx.methods.xrai import xrai
 from swag_onnx.runtime import ModelRunner
 
 SWAG_METHODS = tuple(f"swag-{source}" for source in SOURCES)
+PROGRESS_METHODS = ("lime", "rise", "xrai")  # the ones that report progress (many model runs)
 METHODS = SWAG_METHODS + ("gradcam", "gradcam++", "normgrad", "normgrad-selective", "gradient",
                           "gradient-x-input", "integrated-gradients", "smoothgrad", "lime",
-                          "rise")
+                          "rise", "xrai")
 
 
 @dataclass
@@ -109,11 +112,13 @@ class Explainer:
         method: one name or a list (see METHODS): "swag" (with `superpixels` image|gradient|
         combined) or "swag-<source>", "gradcam", "gradcam++", "normgrad", "normgrad-selective"
         (at the Explainer's layers; several layers combine by `combine`: product or sum),
-        "gradient", "gradient-x-input", "integrated-gradients", "smoothgrad", "lime", "rise".
+        "gradient", "gradient-x-input", "integrated-gradients", "smoothgrad", "lime", "rise",
+        "xrai".
         target: class index or name (case-insensitive), default each image's top-1 class.
         params: method parameters (SWAG: n_segments, top_k, ...; integrated-gradients: steps;
-        smoothgrad: samples, noise, seed; lime: samples, seed; rise: masks, grid, p, seed).
-        on_progress(method, done, total): called as LIME and RISE score their sample batches.
+        smoothgrad: samples, noise, seed; lime: samples, seed; rise: masks, grid, p, seed;
+        xrai: steps per baseline).
+        on_progress(method, done, total): called as LIME, RISE and XRAI run their batches.
         Returns the explanations image by image, each image's methods in the order given.
         """
         names = _method_names(method, superpixels)
@@ -136,7 +141,7 @@ class Explainer:
             for name in names:
                 t0 = time.perf_counter()
                 extra = {}
-                if on_progress is not None and name in ("lime", "rise"):
+                if on_progress is not None and name in PROGRESS_METHODS:
                     extra["progress"] = functools.partial(on_progress, name)
                 model_map, labels, used = self._method_map(
                     name, batch[i], outputs, i, targets[i], rgb, geometries[i], combine,
@@ -175,6 +180,15 @@ class Explainer:
         if name == "rise":
             saliency = rise(x, self._probabilities, target, channel_axis=channel_axis, **params)
             return saliency, None, _recorded(params)
+        if name == "xrai":
+            view = imgs.model_view(rgb, geometry)
+            progress = params.pop("progress", None)
+            grad_fn = self._grad_fn(target)
+            if progress is not None:
+                grad_fn = _counting(grad_fn, progress, 2 * params.get("steps", XRAI_STEPS))
+            saliency, ranks, info = xrai(x, grad_fn, view, self._black_white(),
+                                         channel_axis=channel_axis, **params)
+            return saliency, ranks, {**params, **info}
         if name == "lime":
             view = imgs.model_view(rgb, geometry)
             saliency, segments, _ = lime(x, view, self._probabilities, target,
@@ -188,9 +202,18 @@ class Explainer:
             attribution = gradients.GRADIENT_METHODS[name](x, self._grad_fn(target), **params)
         return gradients.saliency_map(attribution, channel_axis), None, dict(params)
 
-    def _probabilities(self, batch: np.ndarray) -> np.ndarray:
-        """Softmax probabilities [N, K] of a preprocessed batch (LIME and RISE call this)."""
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """Softmax probabilities [N, K] of a preprocessed batch in the model's input layout (the
+        model function of LIME, RISE and the metrics in swag_onnx.metrics)."""
         return softmax(self.runner.scores(np.ascontiguousarray(batch, np.float32)))
+
+    _probabilities = probabilities  # the name the methods were first wired to
+
+    def _black_white(self) -> list[np.ndarray]:
+        """A black and a white image in the model-input space (XRAI's IG baselines)."""
+        height, width = self.card["input_size"]
+        return [imgs.preprocess(np.full((height, width, 3), value, np.uint8), self.card)[0][0]
+                for value in (0, 255)]
 
     def _layer(self, outputs, layer: str, i: int):
         """(activation, gradient) of a layer for image i, channels first (K, h, w)."""
@@ -218,7 +241,21 @@ SWAG_PARAMS = {"attribution", "sign", "reduce", "smooth_sigma", "n_segments", "c
 METHOD_PARAMS = {"integrated-gradients": {"steps", "batch_size", "baseline"},
                  "smoothgrad": {"samples", "noise", "batch_size", "seed"},
                  "lime": {"samples", "kernel_width", "batch_size", "seed"},
-                 "rise": {"masks", "grid", "p", "batch_size", "seed"}}
+                 "rise": {"masks", "grid", "p", "batch_size", "seed"},
+                 "xrai": {"steps", "batch_size"}}
+
+
+def _counting(grad_fn, progress, total: int):
+    """grad_fn that reports progress(inputs done, total) after each batch."""
+    done = 0
+
+    def counted(batch):
+        nonlocal done
+        result = grad_fn(batch)
+        done += len(batch)
+        progress(min(done, total), total)
+        return result
+    return counted
 
 
 def _recorded(params: dict) -> dict:
