@@ -19,6 +19,7 @@ import numpy as np
 from swag_onnx import __version__
 from swag_onnx.errors import BadOptionError
 from swag_onnx.graph import SCORE, SEED, Contract, act_name, augment, grad_name
+from swag_onnx.graph.augment import weight_grad_name
 from swag_onnx.graph.model_io import load_model
 
 PROVIDERS = {"cpu": ["CPUExecutionProvider"],
@@ -52,13 +53,15 @@ def augmenter_digest() -> str:
     return digest.hexdigest()
 
 
-def augmented_path(model: Path, layers, score) -> Path:
-    """Where the augmented copy of `model` lives in the cache (built there if missing)."""
-    key = "|".join([file_sha256(model), ",".join(layers), score or "", augmenter_digest()])
+def augmented_path(model: Path, layers, score, weights: bool = False) -> Path:
+    """Where the augmented copy of `model` lives in the cache (built there if missing);
+    `weights`: the variant with parameter gradients and overridable parameters."""
+    key = "|".join([file_sha256(model), ",".join(layers), score or "", augmenter_digest()]
+                   + (["weights"] if weights else []))
     name = hashlib.sha256(key.encode()).hexdigest()[:24]
-    target = cache_dir() / f"{model.stem}.{name}.grad.onnx"
+    target = cache_dir() / f"{model.stem}.{name}.{'meta' if weights else 'grad'}.onnx"
     if not target.exists():
-        augment(model, target, layers=list(layers), score=score)
+        augment(model, target, layers=list(layers), score=score, weights=weights)
     return target
 
 
@@ -117,7 +120,9 @@ class ModelRunner:
         self.gradient = _session(grad_model, provider, threads)
         self.provider = self.gradient.get_providers()[0]
         self._plain = None
+        self._meta = None  # (session, contract, original parameter values), made on first use
         self._options = (provider, threads)
+        self._layers_score = (tuple(layers), score)
 
     @property
     def plain(self):
@@ -142,6 +147,45 @@ class ModelRunner:
         fetch = [SCORE, grad_name(c.image_input)]
         fetch += [act_name(t) for t in c.layers] + [grad_name(t) for t in c.layers]
         values = self.gradient.run(fetch, {c.image_input: batch, SEED: seed.astype(batch.dtype)})
-        n = len(c.layers)
-        return GradientOutputs(values[0], values[1], dict(zip(c.layers, values[2:2 + n])),
-                               dict(zip(c.layers, values[2 + n:])))
+        return self._outputs(values)
+
+    def _outputs(self, values) -> GradientOutputs:
+        n = len(self.contract.layers)
+        layers = self.contract.layers
+        return GradientOutputs(values[0], values[1], dict(zip(layers, values[2:2 + n])),
+                               dict(zip(layers, values[2 + n:2 + 2 * n])))
+
+    def _meta_parts(self):
+        """Session on the weights-augmented model, its contract and the original parameters."""
+        if self._meta is None:
+            import onnx
+            from onnx import numpy_helper
+
+            path = augmented_path(self.model, *self._layers_score, weights=True)
+            contract = Contract.from_model(onnx.load(str(path), load_external_data=False))
+            wanted = set(contract.weights)
+            originals = {t.name: numpy_helper.to_array(t)
+                         for t in load_model(self.model).graph.initializer if t.name in wanted}
+            self._meta = (_session(path, *self._options), contract, originals)
+        return self._meta
+
+    def stepped_gradients(self, batch: np.ndarray, loss_seed: np.ndarray, seed: np.ndarray,
+                          lr: float) -> GradientOutputs:
+        """Gradients (as `gradients`) after one plain SGD step on every parameter, taken for
+        each image alone: W' = W - lr * dL/dW with dL/dscore = loss_seed[i] (e.g. softmax - one-hot
+        for cross-entropy); batch-norm statistics frozen; the model's own weights untouched.
+        batch [N, ...], loss_seed and seed [N, K]."""
+        session, contract, originals = self._meta_parts()
+        image = contract.image_input
+        weight_outputs = [weight_grad_name(w) for w in contract.weights]
+        fetch = [SCORE, grad_name(image)] + [act_name(t) for t in contract.layers] \
+            + [grad_name(t) for t in contract.layers]
+        runs = []
+        for i in range(len(batch)):
+            x = batch[i:i + 1]
+            steps = session.run(weight_outputs, {image: x, SEED: loss_seed[i:i + 1].astype(x.dtype)})
+            updated = {w: (originals[w] - lr * g).astype(originals[w].dtype)
+                       for w, g in zip(contract.weights, steps)}
+            runs.append(session.run(fetch, {image: x, SEED: seed[i:i + 1].astype(x.dtype),
+                                            **updated}))
+        return self._outputs([np.concatenate(parts) for parts in zip(*runs)])

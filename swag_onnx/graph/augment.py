@@ -6,7 +6,11 @@ Added to the graph, with default-domain ops only:
   run, not a forward pass to find the class and then a gradient run);
 - output `swag.score`: the score (logit) tensor, found before a final Softmax/LogSoftmax;
 - output `swag.grad.<image input>`: d sum(score * seed) / d image, in the image's own layout;
-- outputs `swag.act.<layer>` and `swag.grad.<layer>` for every requested layer.
+- outputs `swag.act.<layer>` and `swag.grad.<layer>` for every requested layer;
+- with `weights=True` (meta-saliency), for every parameter initializer (see PARAMETER_INPUTS)
+  an output `swag.wgrad.<name>` (d sum(score * seed) / d parameter, summed over the batch), and
+  the initializer also becomes an optional graph input, so a run can feed updated weights
+  without a second model on disk. Batch-norm statistics stay constants (frozen).
 The names are recorded in metadata_props under `swag.contract` (JSON).
 """
 
@@ -14,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +45,18 @@ def act_name(tensor: str) -> str:
     return f"swag.act.{tensor}"
 
 
+def weight_grad_name(tensor: str) -> str:
+    return f"swag.wgrad.{tensor}"
+
+
+# Inputs that hold trainable parameters, per op: a float initializer there is a weight (for
+# Add, Mul and MatMul only when it has more than one element: a scalar is a fixed constant).
+PARAMETER_INPUTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (0, 1, 2), "MatMul": (0, 1),
+                    "BatchNormalization": (1, 2), "InstanceNormalization": (1, 2),
+                    "LayerNormalization": (1, 2), "PRelu": (1,), "Add": (0, 1), "Mul": (0, 1)}
+ELEMENTWISE_PARAMETER_OPS = ("Add", "Mul", "MatMul")
+
+
 @dataclass
 class Contract:
     """What the augmented model computes and where to find it (stored in metadata_props)."""
@@ -51,6 +67,7 @@ class Contract:
     num_classes: int
     layers: list[str]
     version: int = CONTRACT_VERSION
+    weights: list[str] = field(default_factory=list)  # parameters with gradient outputs
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True)
@@ -82,8 +99,10 @@ def resolve_layers(info: analysis.ModelInfo, layers, relevant: set[str]) -> list
     return resolved
 
 
-def augment_model(model: onnx.ModelProto, layers=(), score: str | None = None) -> onnx.ModelProto:
-    """Return an augmented copy of `model` (the input model is not modified)."""
+def augment_model(model: onnx.ModelProto, layers=(), score: str | None = None,
+                  weights: bool = False) -> onnx.ModelProto:
+    """Return an augmented copy of `model` (the input model is not modified); `weights`: also
+    the parameter gradients, parameters overridable as inputs (meta-saliency)."""
     model = analysis.infer_shapes(model)
     if any(i.name == SEED for i in model.graph.input) or Contract.from_model(model):
         raise BadModelError("the model is already augmented by swag_onnx")
@@ -94,10 +113,28 @@ def augment_model(model: onnx.ModelProto, layers=(), score: str | None = None) -
             + "; ".join(info.unsupported) + ". Supported ops: " + ", ".join(supported_ops()))
     layer_names = resolve_layers(info, layers, relevant)
     g = Emitter(model, _all_names(model))
-    grads = _backward(g, nodes, relevant, info)
-    _attach(model, g, info, layer_names, grads)
+    params = parameters(model, analysis.path_nodes(nodes, relevant), g) if weights else []
+    grads = _backward(g, nodes, relevant | set(params), info)
+    _attach(model, g, info, layer_names, grads, [p for p in params if p in grads])
     _check(model)
     return model
+
+
+def parameters(model: onnx.ModelProto, on_path, g: Emitter) -> list[str]:
+    """Float initializers in a parameter position (PARAMETER_INPUTS) of a node on the gradient
+    path, in graph order."""
+    inits = {t.name: t for t in model.graph.initializer}
+    found = []
+    for node in on_path:
+        for position in PARAMETER_INPUTS.get(node.op, ()):
+            name = node.input(position)
+            tensor = inits.get(name)
+            if tensor is None or name in found or not analysis.is_float(g, name):
+                continue
+            if node.op in ELEMENTWISE_PARAMETER_OPS and int(np.prod(tensor.dims)) <= 1:
+                continue
+            found.append(name)
+    return found
 
 
 def _all_names(model: onnx.ModelProto) -> set[str]:
@@ -154,7 +191,8 @@ def _value_info(g: Emitter, name: str, like: str):
     return helper.make_tensor_value_info(name, g.dtype(like) or onnx.TensorProto.FLOAT, dims)
 
 
-def _attach(model, g: Emitter, info, layer_names: list[str], grads: dict[str, str]) -> None:
+def _attach(model, g: Emitter, info, layer_names: list[str], grads: dict[str, str],
+            params: list[str]) -> None:
     """Wire the seed input, the new outputs and the contract metadata into the model."""
     graph = model.graph
     score_shape = g.shape(info.score)
@@ -168,12 +206,15 @@ def _attach(model, g: Emitter, info, layer_names: list[str], grads: dict[str, st
         outputs.append((grad_name(tensor), grads[tensor], tensor))
     outputs += [(act_name(t), t, t) for t in layer_names]
     outputs.sort(key=lambda o: (not o[0].startswith("swag.act"), o[0] != SCORE))
+    outputs += [(weight_grad_name(p), grads[p], p) for p in params]
+    graph.input.extend(_value_info(g, p, p) for p in params)  # overridable initializers
     for out_name, source, like in outputs:
         g.nodes.append(helper.make_node("Identity", [source], [out_name], name=g.fresh("output")))
         graph.output.append(_value_info(g, out_name, like))
     graph.node.extend(g.nodes)
     graph.initializer.extend(g.initializers)
-    contract = Contract(info.image_input, info.layout, info.score, info.num_classes, layer_names)
+    contract = Contract(info.image_input, info.layout, info.score, info.num_classes, layer_names,
+                        weights=params)
     model.metadata_props.append(onnx.StringStringEntryProto(key=CONTRACT_KEY,
                                                             value=contract.to_json()))
 
@@ -187,12 +228,12 @@ def _check(model: onnx.ModelProto) -> None:
 
 
 def augment(src: str | os.PathLike, dst: str | os.PathLike, layers=(),
-            score: str | None = None) -> Contract:
+            score: str | None = None, weights: bool = False) -> Contract:
     """Augment the model file `src` into `dst` (written atomically; `src` is never modified)."""
     src, dst = Path(src), Path(dst)
     if dst.exists() and dst.resolve() == src.resolve():
         raise BadOptionError("the output path is the input model; choose another -o")
-    augmented = augment_model(load_model(src), layers, score)
+    augmented = augment_model(load_model(src), layers, score, weights)
     save_model_atomic(augmented, dst)
     return Contract.from_model(augmented)
 

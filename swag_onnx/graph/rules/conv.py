@@ -1,4 +1,5 @@
-"""Gradient rule of Conv with respect to its input X (weights are constants of the model).
+"""Gradient rule of Conv: with respect to its input X, and (for meta-saliency) its weights W and
+bias B.
 
 dX is a transposed convolution of dY with the same weights. onnxruntime's ConvTranspose is slow
 for grouped (depthwise) kernels, so where it is exact we use a plain Conv instead:
@@ -8,11 +9,17 @@ for grouped (depthwise) kernels, so where it is exact we use a plain Conv instea
   depthwise ConvTranspose);
 - dense strided convolutions (and odd pads) keep ConvTranspose, which is fast there.
 The weight transforms act on initializers, so onnxruntime folds them once at session start.
+
+dW[o, i, k] = sum over images and output positions y of dY[o, y] * Xpad[g(o) i, y s + k d]:
+one strided Slice of the padded input per kernel tap, all taps stacked and contracted with dY
+by one batched MatMul per group (memory: kernel-size copies of X; used for one image at a time).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+import itertools
 
 from swag_onnx.graph import shapes
 from swag_onnx.graph.rules import rule
@@ -47,7 +54,39 @@ def conv(g, n, dys, needs):
     grads = [None] * len(n.inputs)
     if needs[0]:
         grads[0] = _input_grad(g, n, dys[0])
+    if needs[1]:
+        grads[1] = _weight_grad(g, n, dys[0])
+    if len(needs) > 2 and needs[2]:
+        grads[2] = g.reduce_sum(dys[0], [0] + list(range(2, g.rank(n.outputs[0]))), keepdims=False)
     return grads
+
+
+def _weight_grad(g, n, dy):
+    """dW [M, C/group, k...] of a Conv, from dY [N, M, y...] and the input X [N, C, x...]."""
+    x, w = n.inputs[:2]
+    kernel, strides, dilations, begins, _ = _geometry(g, n)
+    rank = len(kernel)
+    pads = shapes.explicit_pads(g.shape(x)[2:], kernel, strides, dilations, n.attrs.get("pads"),
+                                n.attrs.get("auto_pad", "NOTSET"))
+    if any(pads):
+        x = g.op("Pad", x, g.ints([0, 0] + pads[:rank] + [0, 0] + pads[rank:]))
+    m, c_per_group = g.shape(w)[:2]
+    group = n.attrs["group"]
+    y_sizes = g.shape(n.outputs[0])[2:]
+    axes = list(range(2, 2 + rank))
+    taps = []
+    for tap in itertools.product(*[range(k) for k in kernel]):
+        starts = [t * d for t, d in zip(tap, dilations)]
+        ends = [b + (y - 1) * s + 1 for b, y, s in zip(starts, y_sizes, strides)]
+        patch = g.op("Slice", x, g.ints(starts), g.ints(ends), g.ints(axes), g.ints(strides))
+        taps.append(g.op("Reshape", patch, g.ints([0, group, c_per_group, -1])))
+    stacked = g.op("Concat", *taps, axis=2) if len(taps) > 1 else taps[0]  # [N, G, K*C/G, P]
+    dy_groups = g.op("Reshape", dy, g.ints([0, group, m // group, -1]))  # [N, G, M/G, P]
+    products = g.op("MatMul", dy_groups, g.op("Transpose", stacked, perm=[0, 1, 3, 2]))
+    summed = g.reduce_sum(products, [0], keepdims=False)  # [G, M/G, K*C/G], tap-major
+    per_tap = g.op("Reshape", summed, g.ints([m, len(taps), c_per_group]))
+    return g.op("Reshape", g.op("Transpose", per_tap, perm=[0, 2, 1]),
+                g.ints([m, c_per_group] + kernel))
 
 
 def _input_grad(g, n, dy):

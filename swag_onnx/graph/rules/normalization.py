@@ -19,10 +19,22 @@ def _bn_check(g, n):
 @rule("BatchNormalization", check=_bn_check)
 def batch_norm(g, n, dys, needs):
     # y = (x - mean) * scale / sqrt(var + eps) + bias, per channel (axis 1)
-    x, scale, _, _, var = n.inputs[:5]
+    # (statistics are constants: frozen, as in eval mode; scale and bias get gradients for
+    # meta-saliency)
+    x, scale, _, mean, var = n.inputs[:5]
+    per_channel = g.ints([-1] + [1] * (g.rank(x) - 2))
     std = g.op("Sqrt", g.op("Add", var, g.scalar_like(n.attrs["epsilon"], x)))
-    factor = g.op("Reshape", g.op("Div", scale, std), g.ints([-1] + [1] * (g.rank(x) - 2)))
-    return [g.op("Mul", dys[0], factor)] + [None] * (len(n.inputs) - 1)
+    grads = [None] * len(n.inputs)
+    if needs[0]:
+        grads[0] = g.op("Mul", dys[0], g.op("Reshape", g.op("Div", scale, std), per_channel))
+    reduce_axes = [0] + list(range(2, g.rank(x)))
+    if needs[1]:
+        normalized = g.op("Div", g.op("Sub", x, g.op("Reshape", mean, per_channel)),
+                          g.op("Reshape", std, per_channel))
+        grads[1] = g.reduce_sum(g.op("Mul", dys[0], normalized), reduce_axes, keepdims=False)
+    if needs[2]:
+        grads[2] = g.reduce_sum(dys[0], reduce_axes, keepdims=False)
+    return grads
 
 
 def _layer_norm_check(g, n):
