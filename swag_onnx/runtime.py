@@ -156,17 +156,23 @@ class ModelRunner:
                                dict(zip(layers, values[2 + n:2 + 2 * n])))
 
     def _meta_parts(self):
-        """Session on the weights-augmented model, its contract and the original parameters."""
+        """Sessions on the weights-augmented model (one returning the parameter gradients, one
+        without those outputs, so that onnxruntime drops their nodes), its contract and the
+        original parameter values."""
         if self._meta is None:
-            import onnx
             from onnx import numpy_helper
 
-            path = augmented_path(self.model, *self._layers_score, weights=True)
-            contract = Contract.from_model(onnx.load(str(path), load_external_data=False))
+            model = load_model(augmented_path(self.model, *self._layers_score, weights=True))
+            contract = Contract.from_model(model)
             wanted = set(contract.weights)
             originals = {t.name: numpy_helper.to_array(t)
-                         for t in load_model(self.model).graph.initializer if t.name in wanted}
-            self._meta = (_session(path, *self._options), contract, originals)
+                         for t in model.graph.initializer if t.name in wanted}
+            with_weights = _session(model.SerializeToString(), *self._options)
+            outputs = [o for o in model.graph.output if not o.name.startswith("swag.wgrad.")]
+            del model.graph.output[:]
+            model.graph.output.extend(outputs)
+            self._meta = (with_weights, _session(model.SerializeToString(), *self._options),
+                          contract, originals)
         return self._meta
 
     def stepped_gradients(self, batch: np.ndarray, loss_seed: np.ndarray, seed: np.ndarray,
@@ -175,7 +181,7 @@ class ModelRunner:
         each image alone: W' = W - lr * dL/dW with dL/dscore = loss_seed[i] (e.g. softmax - one-hot
         for cross-entropy); batch-norm statistics frozen; the model's own weights untouched.
         batch [N, ...], loss_seed and seed [N, K]."""
-        session, contract, originals = self._meta_parts()
+        weights_session, session, contract, originals = self._meta_parts()
         image = contract.image_input
         weight_outputs = [weight_grad_name(w) for w in contract.weights]
         fetch = [SCORE, grad_name(image)] + [act_name(t) for t in contract.layers] \
@@ -183,7 +189,8 @@ class ModelRunner:
         runs = []
         for i in range(len(batch)):
             x = batch[i:i + 1]
-            steps = session.run(weight_outputs, {image: x, SEED: loss_seed[i:i + 1].astype(x.dtype)})
+            steps = weights_session.run(weight_outputs,
+                                        {image: x, SEED: loss_seed[i:i + 1].astype(x.dtype)})
             updated = {w: (originals[w] - lr * g).astype(originals[w].dtype)
                        for w, g in zip(contract.weights, steps)}
             runs.append(session.run(fetch, {image: x, SEED: seed[i:i + 1].astype(x.dtype),
