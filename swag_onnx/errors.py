@@ -19,3 +19,8 @@ class BadOptionError(SwagError):
 
 class BadImageError(SwagError):
     """An image file is missing, unreadable, truncated, or not an image."""
+
+
+class BadInputError(SwagError):
+    """An input data file other than an image or a model (e.g. annotations) is missing,
+    unreadable or malformed; the message names the file and the line, element or index."""
