@@ -1,4 +1,4 @@
-"""The `swag-onnx` command line: inspect, augment, explain, demo.
+"""The `swag-onnx` command line: inspect, augment, explain, evaluate, demo.
 
 User errors (SwagError) print one line on stderr and exit with code 2; nothing half-written.
 """
@@ -80,18 +80,24 @@ def augment(
                                                "in the current folder."),
     layer: List[str] = typer.Option([], "--layer", help=LAYER_HELP),
     score: Optional[str] = typer.Option(None, help=SCORE_HELP),
+    weights: bool = typer.Option(False, "--weights", help="Also return every parameter's "
+                                 "gradient (swag.wgrad.<name>) and accept updated parameters "
+                                 "as inputs (meta-saliency)."),
 ):
     """Write a copy of MODEL that also returns the gradient of a class score (standard ONNX ops)."""
     from swag_onnx.graph import augment as augment_file
 
     output = output or Path(model.stem + ".grad.onnx")
     with user_errors():
-        contract = augment_file(model, output, layers=layer, score=score)
+        contract = augment_file(model, output, layers=layer, score=score, weights=weights)
     out.print(f"wrote {output}", highlight=False)
     out.print(f"  feed   swag.seed [N, {contract.num_classes}] beside {contract.image_input}",
               highlight=False)
     out.print(f"  fetch  swag.score, swag.grad.{contract.image_input}"
               + "".join(f", swag.act.{t}, swag.grad.{t}" for t in contract.layers), highlight=False)
+    if contract.weights:
+        out.print(f"  and    swag.wgrad.<name> for {len(contract.weights)} parameters (each also "
+                  "an optional input)", highlight=False)
 
 
 # ------------------------------------------------------------------------------ explain / demo
@@ -221,6 +227,10 @@ def explain(
     layer: List[str] = typer.Option([], "--layer", help="Layer(s) for gradcam, gradcam++ and "
                                     "normgrad: tensor names or 'auto' (default: the card's)."),
     combine: str = typer.Option("product", help="How several layers combine: product or sum."),
+    meta: bool = typer.Option(False, "--meta", help="Meta-saliency: maps from the model after "
+                              "one SGD step on the target's cross-entropy (gradcam, gradcam++, "
+                              "normgrad*, gradient, gradient-x-input, swag)."),
+    meta_lr: float = typer.Option(0.0025, help="--meta learning rate (negative: adversarial)."),
     steps: Optional[int] = typer.Option(None, help="integrated-gradients: path steps (64); "
                                         "xrai: steps per baseline (50)."),
     samples: Optional[int] = typer.Option(None, help="smoothgrad: noisy samples (50); lime: "
@@ -272,6 +282,8 @@ def explain(
                               threads=threads)
         named, problems = _load_all(images)
         params["combine"] = combine
+        if meta:
+            params.update(meta=True, meta_lr=meta_lr)
         rows = run_explain(explainer, named, out_dir, method, target, params, batch_size,
                            boundaries, superpixels) if named else []
     if rows:
@@ -284,6 +296,103 @@ def explain(
         if not problems:
             err.print("[bold red]error:[/] no images to explain", highlight=False)
         raise typer.Exit(1 if rows else 2)
+
+
+@app.command()
+def evaluate(
+    images: List[Path] = typer.Argument(..., help="Image files or folders."),
+    method: List[str] = typer.Option(["swag"], "--method", help="Method to evaluate (names as "
+                                     "in explain); repeatable."),
+    metric: List[str] = typer.Option([], "--metric", help="deletion, insertion, sic, aic, "
+                                     "pointing or class-sensitivity; repeatable (default: "
+                                     "deletion and insertion)."),
+    out_dir: Path = typer.Option(Path("swag-eval"), "--out", help="Output folder; a rerun "
+                                 "into it skips the rows already computed."),
+    annotations: Optional[Path] = typer.Option(None, help="Boxes for the pointing game "
+                                               "(see swag_onnx.metrics.pointing)."),
+    model: Optional[Path] = typer.Option(None, help="Model folder (model.onnx + card.json) or "
+                                         ".onnx file; default: the embedded EfficientNet-Lite0."),
+    layer: List[str] = typer.Option([], "--layer", help="Layer(s) for the layer-based methods."),
+    combine: str = typer.Option("product", help="How several layers combine: product or sum."),
+    meta: bool = typer.Option(False, "--meta", help="Meta-saliency: maps from the model after "
+                              "one SGD step on the target's cross-entropy (gradcam, gradcam++, "
+                              "normgrad*, gradient, gradient-x-input, swag)."),
+    meta_lr: float = typer.Option(0.0025, help="--meta learning rate (negative: adversarial)."),
+    steps: Optional[int] = typer.Option(None, help="integrated-gradients: path steps."),
+    samples: Optional[int] = typer.Option(None, help="smoothgrad / lime: samples."),
+    masks: Optional[int] = typer.Option(None, help="rise: random masks."),
+    seed: int = typer.Option(0, help="Seed of SIC/AIC and of the stochastic methods."),
+    batch_size: int = typer.Option(32, min=1, help="Inputs per model call (curves, LIME, RISE, "
+                                   "...); changes speed and memory, not results."),
+    step: Optional[int] = typer.Option(None, min=1, help="Deletion/insertion: pixels per step "
+                                       "(default h*w/224: 224 on a 224x224 input)."),
+    baseline: float = typer.Option(0.0, help="Deletion: value of deleted pixels in the "
+                                   "normalised input space (0 = the mean colour)."),
+    blur_ksize: int = typer.Option(11, min=1, help="Insertion: Gaussian kernel size (odd)."),
+    blur_sigma: float = typer.Option(5.0, help="Insertion: Gaussian sigma."),
+    tolerance: int = typer.Option(15, min=0, help="Pointing game: tolerance in pixels."),
+    pic_min_score: Optional[float] = typer.Option(None, help="SIC/AIC: skip images whose "
+                                                  "top-1 probability is below this (0.8)."),
+    pic_reveal: Optional[str] = typer.Option(None, help="SIC/AIC: interpolate (reference) or "
+                                             "paste (faster)."),
+    provider: str = typer.Option("auto", help="auto (CUDA, else CPU), cpu or cuda."),
+    threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads."),
+):
+    """Score saliency methods (deletion, insertion, SIC, AIC, pointing game, class sensitivity):
+    writes results.csv, curves/, summary.md, curves.png and overlays.png into --out."""
+    from swag_onnx import evaluate as ev
+    from swag_onnx import report
+    from swag_onnx.explain import Explainer
+
+    with user_errors():
+        metrics = ev.resolve_metrics(metric)
+        methods = ev.resolve_methods(method)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise BadOptionError(f"--out {out_dir} is a file; pass a folder")
+        if "pointing" in metrics and annotations is None:
+            raise BadOptionError("--metric pointing needs --annotations FILE (boxes per image)")
+        items, problems = ev.items_from_paths(images)
+        if not items:
+            for problem in problems:
+                err.print(f"[bold red]error:[/] {problem}", highlight=False, soft_wrap=True)
+            raise BadOptionError("no images to evaluate")
+        boxes = ev.match_annotations(annotations, items) if "pointing" in metrics else {}
+        explainer = Explainer(model, layers=layer or None, provider=provider, threads=threads)
+        ev.annotated_classes(explainer, boxes)
+        options = dict(steps=steps, samples=samples, masks=masks, seed=seed,
+                       batch_size=batch_size, combine=combine)
+        params = ev.method_params(methods, options)
+        protocol = ev.Protocol(step=step, baseline=baseline, blur_ksize=blur_ksize,
+                               blur_sigma=blur_sigma, tolerance=tolerance, seed=seed,
+                               batch_size=batch_size,
+                               pic=ev.pic_options(min_pred_value=pic_min_score,
+                                                  reveal=pic_reveal))
+        with _progress(len(items) * len(methods)) as progress:
+            task = progress.add_task("evaluating", total=len(items) * len(methods))
+            result = ev.run(explainer, items, out_dir, methods, metrics, protocol=protocol,
+                            method_params=params, annotations=boxes, options=options,
+                            progress=lambda n, name: progress.update(
+                                task, advance=n, description=f"evaluating {name}"))
+        settings = ev.load_settings(out_dir)
+        written = report.write_report(out_dir, result.rows, methods, metrics,
+                                      settings["settings"], settings["runs"][-1])
+    stats = report.statistics(result.rows, methods, metrics)
+    table = Table(title="mean over images", title_justify="left")
+    table.add_column("method")
+    for m in metrics:
+        table.add_column(f"{m} {'↑' if ev.HIGHER_IS_BETTER[m] else '↓'}", justify="right")
+    for m in methods:
+        table.add_row(m, *(report._fmt(stats[m, k].mean) if (m, k) in stats else ""
+                           for k in metrics))
+    out.print(table)
+    unannotated = f", {result.unannotated} without annotations" if result.unannotated else ""
+    out.print(f"{result.processed} image(s) evaluated, {result.skipped} already done"
+              f"{unannotated}; wrote "
+              + ", ".join(str(p) for p in [out_dir / ev.RESULTS] + written), highlight=False)
+    for problem in problems + result.problems:
+        err.print(f"[bold red]error:[/] {problem}", highlight=False, soft_wrap=True)
+    if problems or result.problems:
+        raise typer.Exit(1)
 
 
 @app.command()

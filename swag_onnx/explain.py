@@ -26,6 +26,10 @@ from swag_onnx.runtime import ModelRunner
 
 SWAG_METHODS = tuple(f"swag-{source}" for source in SOURCES)
 PROGRESS_METHODS = ("lime", "rise", "xrai")  # the ones that report progress (many model runs)
+# Meta-saliency (NormGrad paper): the methods made from the one shared gradient run
+META_METHODS = SWAG_METHODS + ("gradcam", "gradcam++", "normgrad", "normgrad-selective",
+                               "gradient", "gradient-x-input")
+META_LR = 0.0025  # the NormGrad authors' learning rate
 METHODS = SWAG_METHODS + ("gradcam", "gradcam++", "normgrad", "normgrad-selective", "gradient",
                           "gradient-x-input", "integrated-gradients", "smoothgrad", "lime",
                           "rise", "xrai")
@@ -105,7 +109,8 @@ class Explainer:
 
     def explain(self, images, method: str | list[str] = "swag", superpixels: str = "image",
                 target: str | int | None = None, combine: str = "product",
-                on_progress=None, **params) -> list[Explanation]:
+                on_progress=None, meta: bool = False, meta_lr: float = META_LR,
+                **params) -> list[Explanation]:
         """Saliency maps for a batch of images, sharing one forward+backward run between all
         methods (integrated gradients and SmoothGrad add their own batched runs).
 
@@ -119,10 +124,16 @@ class Explainer:
         smoothgrad: samples, noise, seed; lime: samples, seed; rise: masks, grid, p, seed;
         xrai: steps per baseline).
         on_progress(method, done, total): called as LIME, RISE and XRAI run their batches.
+        meta: meta-saliency (Rebuffi et al.): each image's maps come from the model after one
+        plain SGD step of learning rate `meta_lr` on the cross-entropy of its target class (all
+        parameters, batch-norm statistics frozen; a negative rate gives the "adversarial"
+        variant); the model itself is untouched. Only for META_METHODS.
         Returns the explanations image by image, each image's methods in the order given.
         """
         names = _method_names(method, superpixels)
         params_for = _split_params(names, params)
+        if meta:
+            _check_meta(names, meta_lr)
         start = time.perf_counter()
         rgbs = self._load(images)
         batch, geometries = imgs.batch_preprocess(rgbs, self.card)
@@ -134,6 +145,10 @@ class Explainer:
         outputs = self.runner.gradients(batch, seed)  # one run: scores and gradients
         probabilities = softmax(outputs.scores)
         targets = [fixed if fixed is not None else int(p.argmax()) for p in probabilities]
+        if meta:
+            one_hot = np.eye(self.num_classes, dtype=np.float32)[targets]
+            outputs = self.runner.stepped_gradients(batch, probabilities - one_hot, one_hot,
+                                                    meta_lr)
         shared = {"decode_preprocess": (prepared - start) * 1e3 / len(rgbs),
                   "forward_backward": (time.perf_counter() - prepared) * 1e3 / len(rgbs)}
         results = []
@@ -155,7 +170,8 @@ class Explainer:
                 results.append(Explanation(
                     saliency=saliency, method=name,
                     target={"index": targets[i], "label": cards.class_name(self.card, targets[i])},
-                    top5=self._top5(probabilities[i]), params=used, provider=self.provider,
+                    top5=self._top5(probabilities[i]),
+                    params={**used, "meta_lr": meta_lr} if meta else used, provider=self.provider,
                     timings_ms=timings, labels=labels, image=rgb))
         return results
 
@@ -243,6 +259,16 @@ METHOD_PARAMS = {"integrated-gradients": {"steps", "batch_size", "baseline"},
                  "lime": {"samples", "kernel_width", "batch_size", "seed"},
                  "rise": {"masks", "grid", "p", "batch_size", "seed"},
                  "xrai": {"steps", "batch_size"}}
+
+
+def _check_meta(names: list[str], lr) -> None:
+    wrong = [n for n in names if n not in META_METHODS]
+    if wrong:
+        raise BadOptionError(f"--meta applies to methods made from one gradient run "
+                             f"({', '.join(META_METHODS)}), not to {', '.join(wrong)}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not np.isfinite(lr) \
+            or lr == 0:
+        raise BadOptionError(f"--meta-lr must be a non-zero number, got {lr!r}")
 
 
 def _counting(grad_fn, progress, total: int):

@@ -342,6 +342,27 @@ def model_view(rgb: np.ndarray, geometry: Geometry) -> np.ndarray:
     return _resize(rgb, geometry.resized_size)[top:top + h, left:left + w]
 
 
+def scale_model_view(views: np.ndarray, card: Mapping[str, Any]) -> np.ndarray:
+    """Model-view images, uint8 RGB (N, h, w, 3) or (h, w, 3) already at the model input size
+    (see model_view), -> float32 model input (N, 3, h, w) or (N, h, w, 3): the colour order,
+    scaling and layout of `preprocess`, without resizing or cropping again."""
+    recipe = _recipe(card)
+    v = np.asarray(views)
+    if v.ndim == 3:
+        v = v[None]
+    if v.ndim != 4 or v.shape[3] != 3 or v.dtype != np.uint8:
+        raise ValueError(f"expected uint8 RGB images (N, h, w, 3), got {v.dtype} {v.shape}")
+    if v.shape[1:3] != recipe.size:
+        raise ValueError(f"images are {v.shape[1:3]}, the model input is {recipe.size}; "
+                         "use model_view (or preprocess) first")
+    if recipe.bgr:
+        v = v[..., ::-1]
+    x = (v.astype(np.float32) - recipe.offset) / recipe.divisor
+    if recipe.layout == "NCHW":
+        x = x.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
 def labels_to_original(labels_hw: np.ndarray, geometry: Geometry) -> np.ndarray:
     """An int label map (h, w) at model input resolution -> int32 (H0, W0), nearest neighbour;
     outside the crop: -1."""

@@ -1,0 +1,317 @@
+"""What `swag-onnx evaluate` writes at the end: summary.md, curves.png and overlays.png.
+
+Everything is computed from results.csv and the saved curves and thumbnails (see
+swag_onnx.evaluate), so a resumed run reports on all its rows without recomputing any.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from swag_onnx import images as imgs
+from swag_onnx.evaluate import CURVE_METRICS, HIGHER_IS_BETTER, METRICS, TOP1_METRICS
+
+TITLES = {"deletion": "deletion AUC", "insertion": "insertion AUC", "sic": "SIC AUC",
+          "aic": "AIC AUC", "pointing": "pointing accuracy",
+          "class-sensitivity": "class sensitivity"}
+MAX_OVERLAY_ROWS = 12
+STD_DDOF = 0  # population std, as swag_onnx.metrics.sensitivity.summarize
+GRID_POINTS = 101  # mean curves are interpolated on this many x in [0, 1]
+
+
+@dataclass
+class Stat:
+    """One method's metric over the images: mean, population std (ddof 0, as
+    swag_onnx.metrics.sensitivity.summarize), count of values used, count skipped (NaN values:
+    a PIC curve undefined for that image, a constant map in class sensitivity)."""
+
+    mean: float
+    std: float
+    n: int
+    skipped: int = 0
+
+
+def pointing_score(pairs) -> tuple[float, dict]:
+    """(mean of per-class accuracies, {class: accuracy}) of (class name, hit) pairs."""
+    from swag_onnx.metrics.pointing import pointing_accuracy
+
+    result = pointing_accuracy(pairs)
+    per_class = {k: float(v) for k, v in result["per_class"].items()}
+    return float(result["accuracy"]), per_class
+
+
+def statistics(rows, methods, metrics) -> dict[tuple[str, str], Stat]:
+    """{(method, metric): Stat} over the rows. Pointing: the mean is the mean of the per-class
+    accuracies (TorchRay), the std that of the per-class accuracies, n the number of tests."""
+    stats = {}
+    for method in methods:
+        for metric in metrics:
+            mine = [r for r in rows if r["method"] == method and r["metric"] == metric]
+            if not mine:
+                continue
+            if metric == "pointing":
+                mean, per_class = pointing_score((r["label"], r["value"] > 0.5) for r in mine)
+                spread = list(per_class.values())
+                std = float(np.std(spread, ddof=STD_DDOF)) if spread else float("nan")
+                stats[method, metric] = Stat(mean, std, len(mine))
+                continue
+            values = np.array([r["value"] for r in mine], np.float64)
+            used = values[np.isfinite(values)]
+            mean = float(used.mean()) if used.size else float("nan")
+            std = float(used.std(ddof=STD_DDOF)) if used.size else float("nan")
+            stats[method, metric] = Stat(mean, std, int(used.size), int(values.size - used.size))
+    return stats
+
+
+def seconds_per_image(rows, method) -> float:
+    """Mean seconds of one top-1 explanation of `method` (pointing's own when it is alone)."""
+    per_image = {}
+    for r in rows:
+        if r["method"] == method and r["metric"] in TOP1_METRICS:
+            per_image[r["image"]] = r["seconds"]
+    if not per_image:
+        per_image = {(r["image"], r["label"]): r["seconds"] for r in rows
+                     if r["method"] == method}
+    return float(np.mean(list(per_image.values()))) if per_image else float("nan")
+
+
+def ranking(stats, methods, metric) -> list[tuple[str, float]]:
+    """Methods with a value for `metric`, best first (ties keep the given order)."""
+    scored = [(m, stats[m, metric].mean) for m in methods
+              if (m, metric) in stats and np.isfinite(stats[m, metric].mean)]
+    sign = -1.0 if HIGHER_IS_BETTER[metric] else 1.0
+    return sorted(scored, key=lambda mv: sign * mv[1])
+
+
+def _fmt(value: float, digits: int = 3) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def protocol_lines(settings: dict, metrics) -> list[str]:
+    """Every protocol choice of the chosen metrics, in words."""
+    p, model, methods = settings["protocol"], settings["model"], settings["methods"]
+    h, w = p["resolution"]
+    lines = [
+        f"Model: {model['file']} (sha256 {model['sha256'][:12]}), input {h}x{w} "
+        f"{model['layout']}, resize {model['resize']} then crop {model['crop']}, scaling "
+        f"{model['scaling']}, layers {', '.join(model['layers'])}.",
+        f"Method parameters: {methods or 'defaults'}.",
+        "Seconds: one explanation of the explained class (decoding, preprocessing, model run, "
+        "method, mapping to the original size), without the metrics.",
+    ]
+    if set(metrics) & {"deletion", "insertion", "sic", "aic", "class-sensitivity"}:
+        lines.append(f"Score: {p['score']}; that class (top-1) is the one explained. Maps are "
+                     f"scored at the model input resolution ({h}x{w}), pixels ranked by saliency "
+                     "(ties by row-major index).")
+    if "deletion" in metrics or "insertion" in metrics:
+        points = -(-h * w // p["step"]) + 1
+        lines += [
+            f"Deletion: the top pixels are set to {p['baseline']} in the normalised input "
+            "space (0 = the normalisation's mean colour).",
+            f"Insertion: starts from a Gaussian blur of the input (kernel {p['blur_ksize']}, "
+            f"sigma {p['blur_sigma']}, border {p['blur_border']}) and restores the top pixels.",
+            f"Step: {p['step']} pixels per step ({points} points per curve); AUC: {p['auc']}.",
+        ]
+    if "sic" in metrics or "aic" in metrics:
+        pic = p["pic"]
+        choices = ", ".join(f"{k} {v}" for k, v in pic.items())
+        lines.append(
+            "SIC (softmax probability) / AIC (1 if the class is still top-1, else 0) against "
+            "information content (lossless WebP bytes, normalised between the blurred start "
+            "and the image); the blurred start is not a Gaussian blur but the image "
+            "re-interpolated (Delaunay, linear) from a random fraction mask_fraction of its "
+            "pixels plus the corners, each threshold (fraction of the top pixels revealed) "
+            "re-interpolated with them (reveal 'interpolate') or pasted ('paste'); scores "
+            "normalised by the blurred start's and the image's, running maximum when "
+            "keep_monotonous; AUC by the trapezoid rule on num_points + 1 samples. An image "
+            "whose score on the original is below min_pred_value (or whose blurred start is not "
+            "smaller or scores as high) has no curve: it is counted as skipped and left out of "
+            f"the mean (the reference aggregates the median curve). Settings: {choices}; random "
+            f"pixels seeded per image from seed {p['seed']} and the image name (the same for "
+            "every method).")
+    if "pointing" in metrics:
+        lines.append(
+            f"Pointing game: each annotated class in an image is explained; a hit when the "
+            f"map's argmax at the original image size lies within {p['pointing_tolerance']} px "
+            "of a box of that class; accuracy = mean of the per-class accuracies (std: over "
+            "the classes).")
+    if "class-sensitivity" in metrics:
+        lines.append(
+            "Class sensitivity (NormGrad): Spearman rank correlation between the maps of the "
+            "most and the least probable class (model resolution); lower = more "
+            "class-sensitive.")
+    return lines
+
+
+def summary_markdown(rows, methods, metrics, settings: dict, run_info: dict) -> str:
+    """summary.md: means and stds, time, rankings, the protocol and a benchmark line."""
+    stats = statistics(rows, methods, metrics)
+    images = sorted({r["image"] for r in rows})
+    arrows = {m: "↑" if HIGHER_IS_BETTER[m] else "↓" for m in METRICS}
+    lines = ["# swag-onnx evaluate", "",
+             f"{len(images)} image(s), {len(methods)} method(s), {len(rows)} result row(s). "
+             "Mean ± std over the images (population std, ddof 0); ↑ higher is better, "
+             "↓ lower is better.", "",
+             "| method | " + " | ".join(f"{TITLES[m]} {arrows[m]}" for m in metrics)
+             + " | s / explanation |",
+             "|---|" + "---:|" * (len(metrics) + 1)]
+    for method in methods:
+        cells = []
+        for metric in metrics:
+            s = stats.get((method, metric))
+            skipped = f", {s.skipped} skipped" if s is not None and s.skipped else ""
+            cells.append("" if s is None else f"{_fmt(s.mean)} ± {_fmt(s.std)} (n={s.n}{skipped})")
+        lines.append(f"| {method} | " + " | ".join(cells)
+                     + f" | {_fmt(seconds_per_image(rows, method), 3)} |")
+    lines += ["", "## Ranking", ""]
+    for metric in metrics:
+        order = ranking(stats, methods, metric)
+        if not order:
+            continue
+        direction = "higher is better" if HIGHER_IS_BETTER[metric] else "lower is better"
+        if metric == "class-sensitivity":
+            direction = "lower = more class-sensitive"
+        places = [1 + sum(1 for _, w in order if _fmt(w) != _fmt(v) and
+                          (w > v if HIGHER_IS_BETTER[metric] else w < v)) for _, v in order]
+        lines.append(f"- {TITLES[metric]} ({direction}): "
+                     + ", ".join(f"{k}. {m} ({_fmt(v)})" for k, (m, v) in zip(places, order)))
+    if "pointing" in metrics:
+        lines += ["", "## Pointing game per class", ""]
+        for method in methods:
+            mine = [(r["label"], r["value"] > 0.5) for r in rows
+                    if r["method"] == method and r["metric"] == "pointing"]
+            if mine:
+                _, per_class = pointing_score(mine)
+                lines.append(f"- {method}: " + ", ".join(f"{k} {_fmt(v, 2)}"
+                                                          for k, v in sorted(per_class.items())))
+    lines += ["", "## Protocol", ""] + [f"- {line}" for line in protocol_lines(settings, metrics)]
+    lines += ["", "## Benchmark", "", "- " + benchmark_line(run_info)]
+    return "\n".join(lines) + "\n"
+
+
+def benchmark_line(run_info: dict) -> str:
+    """Images per minute of this run (explanations and all metrics) on this machine."""
+    machine = (f"{platform.machine()} {platform.processor() or ''}".strip()
+               + f", {os.cpu_count()} CPU core(s), provider {run_info.get('provider', '?')}")
+    n, seconds = run_info.get("images", 0), run_info.get("seconds", 0.0)
+    if not n:
+        return (f"this run found every row already computed ({machine}); see settings.json "
+                "'runs' for earlier runs' times")
+    rate = n / seconds * 60 if seconds > 0 else float("inf")
+    return (f"{rate:.2f} images per minute ({n} image(s) x {len(run_info.get('methods', []))} "
+            f"method(s), all chosen metrics, in {seconds:.1f} s) on {machine}")
+
+
+# ----------------------------------------------------------------------------------- plots
+
+def mean_curve(files) -> np.ndarray | None:
+    """Mean of saved (2, P) curves on GRID_POINTS x in [0, 1] (linear interpolation)."""
+    grid = np.linspace(0.0, 1.0, GRID_POINTS)
+    ys = []
+    for f in files:
+        if Path(f).exists():
+            x, y = np.load(f, allow_pickle=False)
+            ys.append(np.interp(grid, x, y))
+    return np.mean(ys, axis=0) if ys else None
+
+
+def plot_curves(path: Path, out_dir: Path, rows, methods, metrics) -> bool:
+    """curves.png: one panel per curve metric, the mean curve of each method, AUCs in the
+    legend. Returns False when there is no curve metric."""
+    from matplotlib.figure import Figure
+
+    panels = [m for m in CURVE_METRICS if m in metrics]
+    if not panels:
+        return False
+    stats = statistics(rows, methods, panels)
+    columns = 2 if len(panels) > 2 else len(panels)
+    grid_rows = -(-len(panels) // columns)
+    fig = Figure(figsize=(4.6 * columns, 3.8 * grid_rows), dpi=100, layout="constrained")
+    axes = fig.subplots(grid_rows, columns, squeeze=False).ravel()
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    grid = np.linspace(0.0, 1.0, GRID_POINTS)
+    for ax, metric in zip(axes, panels):
+        for method in methods:
+            images = sorted({r["image"] for r in rows
+                             if r["method"] == method and r["metric"] == metric})
+            curve = mean_curve([out_dir / "curves" / f"{i}__{method}__{metric}.npy"
+                                for i in images])
+            if curve is None:
+                continue
+            ax.plot(grid, curve, label=f"{method} ({_fmt(stats[method, metric].mean)})")
+        better = "higher" if HIGHER_IS_BETTER[metric] else "lower"
+        ax.set_title(f"{metric} (AUC {better} is better)")
+        ax.set_xlabel("information content (normalised)" if metric in ("sic", "aic")
+                      else "fraction of pixels " + ("deleted" if metric == "deletion"
+                                                     else "inserted"))
+        ax.set_ylabel({"sic": "normalised probability of the top-1 class",
+                       "aic": "accuracy (top-1 class kept)"}.get(metric,
+                                                                 "probability of the top-1 class"))
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        if ax.get_lines():
+            ax.legend(fontsize=7, title="method (mean AUC)", title_fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no curve: every image skipped\n(see the summary)",
+                    ha="center", va="center", fontsize=9, transform=ax.transAxes)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    imgs._atomic_write(path, lambda f: f.write(buffer.getvalue()))
+    return True
+
+
+def overlay_grid(path: Path, out_dir: Path, images, methods, max_rows: int = MAX_OVERLAY_ROWS,
+                 cell: int = 192) -> bool:
+    """overlays.png: images (rows, the first max_rows) x methods (columns), from the thumbnails
+    (longest side `cell` px), each centred in a `cell`-wide column on white."""
+    import cv2
+
+    rows = []
+    for image in list(images)[:max_rows]:
+        thumbs = []
+        for method in methods:
+            thumb_path = out_dir / "thumbs" / f"{image}__{method}.png"
+            thumb = imgs.load_image(thumb_path) if thumb_path.exists() else None
+            if thumb is not None and max(thumb.shape[:2]) > cell:
+                scale = cell / max(thumb.shape[:2])
+                thumb = cv2.resize(thumb, (max(1, round(thumb.shape[1] * scale)),
+                                           max(1, round(thumb.shape[0] * scale))),
+                                   interpolation=cv2.INTER_AREA)
+            thumbs.append(thumb)
+        height = max((t.shape[0] for t in thumbs if t is not None), default=0)
+        if not height:
+            continue
+        row = np.full((height + 4, cell * len(methods), 3), 255, np.uint8)
+        for k, thumb in enumerate(thumbs):
+            if thumb is not None:
+                h, w = thumb.shape[:2]
+                top, left = (height - h) // 2 + 2, k * cell + (cell - w) // 2
+                row[top:top + h, left:left + w] = thumb
+        rows.append(row)
+    if not rows:
+        return False
+    imgs.write_png(path, np.concatenate(rows, axis=0))
+    return True
+
+
+def write_report(out_dir: Path, rows, methods, metrics, settings: dict, run_info: dict) -> list:
+    """summary.md, curves.png (when a curve metric was computed) and overlays.png; returns the
+    paths written."""
+    out_dir = Path(out_dir)
+    text = summary_markdown(rows, methods, metrics, settings, run_info)
+    written = [out_dir / "summary.md"]
+    imgs._atomic_write(written[0], lambda f: f.write(text.encode("utf-8")))
+    if plot_curves(out_dir / "curves.png", out_dir, rows, methods, metrics):
+        written.append(out_dir / "curves.png")
+    images = list(dict.fromkeys(r["image"] for r in rows))
+    if overlay_grid(out_dir / "overlays.png", out_dir, images, methods):
+        written.append(out_dir / "overlays.png")
+    return written
