@@ -237,7 +237,11 @@ class Explainer:
         if act.ndim != 3:
             raise BadOptionError(f"layer {layer!r} has shape {act.shape}, not a spatial map; "
                                  "choose a layer from `swag-onnx inspect`")
-        if self.card["layout"] == "NHWC" and act.shape[-1] > act.shape[0]:
+        layout = self.runner.contract.layer_layouts.get(layer)
+        if layout is None:  # not a listed spatial map: guess (channels are the longest axis)
+            nhwc = self.card["layout"] == "NHWC" and act.shape[-1] > act.shape[0]
+            layout = "NHWC" if nhwc else "NCHW"
+        if layout == "NHWC":
             act, grad = act.transpose(2, 0, 1), grad.transpose(2, 0, 1)
         return act, grad
 

@@ -1,10 +1,18 @@
-"""Test-wide settings: the augmentation cache goes to a temporary folder, never ~/.cache."""
+"""Test-wide settings: the augmentation cache goes to a temporary folder, never ~/.cache;
+triton is loaded before any test imports TensorFlow."""
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
 
 import pytest
+
+# Loading triton (torch's compiler, imported by torchvision and torch.export) after TensorFlow
+# 2.21 crashes the process (a segmentation fault in triton's extension module); loaded first,
+# both work, so the PyTorch and Keras tests run in one process in any order.
+if importlib.util.find_spec("triton") is not None:
+    import triton  # noqa: F401
 
 sys.path.insert(0, str(Path(__file__).parent))  # helpers: zoo, gradcheck
 

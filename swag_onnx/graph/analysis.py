@@ -143,8 +143,67 @@ def unsupported_nodes(on_path: list[Node], facts: Emitter) -> list[str]:
     return problems
 
 
-def spatial_layers(nodes: list[Node], facts: Emitter, relevant: set[str]) -> list[tuple[str, tuple]]:
-    """Rank-4 tensors on the path with at least two non-batch dims > 1, in graph order."""
+class MapShape(tuple):
+    """A rank-4 shape (None for dynamic dims) that also knows its layout, "NCHW" or "NHWC"."""
+
+    layout: str
+
+    def __new__(cls, dims, layout: str):
+        shape = super().__new__(cls, dims)
+        shape.layout = layout
+        return shape
+
+    def __reduce__(self):
+        return MapShape, (tuple(self), self.layout)
+
+    @property
+    def spatial(self) -> tuple:
+        """The (height, width) dims."""
+        return tuple(self[2:]) if self.layout == "NCHW" else tuple(self[1:3])
+
+
+# ONNX ops defined on channels-first tensors: their rank-4 outputs are NCHW whatever the model's
+# input layout (TensorFlow exports wrap them in Transposes).
+_CHANNELS_FIRST_OPS = frozenset({
+    "Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool",
+    "GlobalMaxPool", "GlobalLpPool", "BatchNormalization", "InstanceNormalization", "LRN",
+    "DepthToSpace", "SpaceToDepth", "MaxUnpool",
+})
+# Ops whose rank-4 output may order its dims differently from their input.
+_REARRANGING_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Einsum"})
+
+
+def tensor_layouts(nodes: list[Node], facts: Emitter, image: str, layout: str) -> dict[str, str]:
+    """The layout ("NCHW" or "NHWC") of each rank-4 tensor computed from the image, propagated in
+    graph order: the image has `layout`; channels-first ops (Conv, pooling, BatchNormalization)
+    produce NCHW; a Transpose permutes the axis labels of its input; other ops (element-wise,
+    Pad, Concat, Slice, ...) keep the layout of their first rank-4 input. Tensors reached by none
+    of these rules are left out (callers guess from the shape)."""
+    layouts = {image: layout}
+    for node in nodes:
+        known = [layouts[i] for i in node.inputs if i in layouts]
+        if not known:
+            continue
+        for out in node.outputs:
+            shape = facts.shape(out)
+            if not out or shape is None or len(shape) != 4:
+                continue
+            if node.op in _CHANNELS_FIRST_OPS:
+                layouts[out] = "NCHW"
+            elif node.op == "Transpose" and node.inputs[0] in layouts:
+                perm = node.attrs.get("perm") or [3, 2, 1, 0]
+                labels = "".join(layouts[node.inputs[0]][p] for p in perm)
+                if labels in ("NCHW", "NHWC"):
+                    layouts[out] = labels
+            elif node.op not in _REARRANGING_OPS:
+                layouts[out] = known[0]
+    return layouts
+
+
+def spatial_layers(nodes: list[Node], facts: Emitter, relevant: set[str],
+                   layouts: dict[str, str] | None = None) -> list[tuple[str, MapShape]]:
+    """Rank-4 tensors on the path with at least two non-batch dims > 1, in graph order, each
+    with its shape as a MapShape (layout from `layouts`, else guessed from the shape)."""
     found = []
     for node in nodes:
         if node.op == "Pad":  # "same" padding: the padded map is not a layer
@@ -153,15 +212,17 @@ def spatial_layers(nodes: list[Node], facts: Emitter, relevant: set[str]) -> lis
             shape = facts.shape(out)
             if out in relevant and shape is not None and len(shape) == 4 \
                     and sum(1 for d in shape[1:] if d is None or d > 1) >= 2:
-                found.append((out, shape))
+                found.append((out, MapShape(shape, (layouts or {}).get(out) or _layout(shape))))
     return found
 
 
 def stage_outputs(layers: list[tuple[str, tuple]], layout: str) -> list[tuple[str, tuple]]:
-    """The last spatial map at each resolution: the natural layers for CAMs and NormGrad."""
+    """The last spatial map at each resolution: the natural layers for CAMs and NormGrad.
+    A MapShape's own layout wins over `layout` (TensorFlow exports mix NHWC and NCHW maps)."""
     last: dict[tuple, tuple[str, tuple]] = {}
     for name, shape in layers:
-        resolution = tuple(shape[2:]) if layout == "NCHW" else tuple(shape[1:3])
+        own = getattr(shape, "layout", layout)
+        resolution = tuple(shape[2:]) if own == "NCHW" else tuple(shape[1:3])
         last.pop(resolution, None)
         last[resolution] = (name, shape)
     return list(last.values())
@@ -198,7 +259,7 @@ def analyse(model: onnx.ModelProto, score: str | None = None) -> tuple[ModelInfo
     if score_name not in relevant:
         raise BadModelError(f"the score tensor {score_name!r} does not depend on the image input "
                             f"{image!r}")
-    layers = spatial_layers(nodes, facts, relevant)
+    layers = spatial_layers(nodes, facts, relevant, tensor_layouts(nodes, facts, image, layout))
     info = ModelInfo(
         image_input=image, input_shape=shape, layout=layout, score=score_name,
         score_source=source, num_classes=int(score_shape[-1]), layers=layers,

@@ -68,6 +68,7 @@ class Contract:
     layers: list[str]
     version: int = CONTRACT_VERSION
     weights: list[str] = field(default_factory=list)  # parameters with gradient outputs
+    layer_layouts: dict = field(default_factory=dict)  # layer -> "NCHW" / "NHWC" where known
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True)
@@ -213,8 +214,10 @@ def _attach(model, g: Emitter, info, layer_names: list[str], grads: dict[str, st
         graph.output.append(_value_info(g, out_name, like))
     graph.node.extend(g.nodes)
     graph.initializer.extend(g.initializers)
+    layouts = {name: shape.layout for name, shape in info.layers}
     contract = Contract(info.image_input, info.layout, info.score, info.num_classes, layer_names,
-                        weights=params)
+                        weights=params,
+                        layer_layouts={t: layouts[t] for t in layer_names if t in layouts})
     model.metadata_props.append(onnx.StringStringEntryProto(key=CONTRACT_KEY,
                                                             value=contract.to_json()))
 

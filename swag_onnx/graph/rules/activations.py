@@ -118,3 +118,40 @@ def identity(g, n, dys, needs):
 @rule("Cast")
 def cast(g, n, dys, needs):
     return [g.op("Cast", dys[0], to=g.dtype(n.inputs[0]))]
+
+
+@rule("Reciprocal")
+def reciprocal(g, n, dys, needs):
+    # y = 1 / x: dx = -dy * y^2 (tf2onnx writes rsqrt, in LayerNormalization, as Reciprocal(Sqrt))
+    y = n.outputs[0]
+    return [g.op("Neg", g.op("Mul", dys[0], g.op("Mul", y, y)))]
+
+
+def _positive(g, x):
+    """Boolean x > 0."""
+    return g.op("Greater", x, g.scalar_like(0.0, x))
+
+
+@rule("Elu")
+def elu(g, n, dys, needs):
+    # y = x (x > 0), alpha (exp(x) - 1) otherwise: dy/dx = 1, or y + alpha
+    x, y = n.inputs[0], n.outputs[0]
+    slope = g.op("Where", _positive(g, x), g.scalar_like(1.0, y),
+                 g.op("Add", y, g.scalar_like(n.attrs["alpha"], y)))
+    return [g.op("Mul", dys[0], slope)]
+
+
+@rule("Selu")
+def selu(g, n, dys, needs):
+    # y = gamma x (x > 0), gamma alpha (exp(x) - 1) otherwise: dy/dx = gamma, or y + gamma alpha
+    x, y = n.inputs[0], n.outputs[0]
+    gamma, alpha = n.attrs["gamma"], n.attrs["alpha"]
+    slope = g.op("Where", _positive(g, x), g.scalar_like(gamma, y),
+                 g.op("Add", y, g.scalar_like(gamma * alpha, y)))
+    return [g.op("Mul", dys[0], slope)]
+
+
+@rule("Softplus")
+def softplus(g, n, dys, needs):
+    # y = log(1 + exp(x)): dy/dx = sigmoid(x)
+    return [g.op("Mul", dys[0], g.op("Sigmoid", n.inputs[0]))]

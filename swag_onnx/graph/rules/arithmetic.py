@@ -1,4 +1,5 @@
-"""Gradient rules of broadcasting arithmetic (Add, Sub, Mul, Div, Sum) and products (MatMul, Gemm)."""
+"""Gradient rules of broadcasting arithmetic (Add, Sub, Mul, Div, Sum, Max, Min) and products
+(MatMul, Gemm)."""
 
 from __future__ import annotations
 
@@ -79,3 +80,17 @@ def gemm(g, n, dys, needs):
         scaled = dy if beta == 1.0 else g.op("Mul", dy, g.scalar_like(beta, dy))
         grads[2] = g.unbroadcast(scaled, n.inputs[2], n.outputs[0])
     return grads
+
+
+@rule("Max", "Min")
+def extremum(g, n, dys, needs):
+    # y = max (min) of broadcast inputs: the gradient goes to the input that equals y; on ties to
+    # the first one (as TensorFlow's Maximum/Minimum, which favour their first operand).
+    y = n.outputs[0]
+    taken, grads = None, []
+    for x, need in zip(n.inputs, needs):
+        equal = g.op("Equal", x, y)
+        mine = equal if taken is None else g.op("And", equal, g.op("Not", taken))
+        taken = equal if taken is None else g.op("Or", taken, equal)
+        grads.append(g.op("Mul", dys[0], g.mask(mine, y)) if need else None)
+    return _back(g, n, grads)

@@ -1,5 +1,5 @@
 """Gradient rules of ops that move data without arithmetic: reshapes, Transpose, Concat, Split,
-Slice, Pad, Expand, Gather. Shape-dependent quantities are computed in the graph from Shape(x),
+Slice, Pad, Expand, Gather, Tile. Shape-dependent quantities are computed in the graph from Shape(x),
 so models whose pads or slice bounds are computed at run time (\"same\" padding subgraphs) work;
 onnxruntime folds them away where shapes are static."""
 
@@ -150,4 +150,22 @@ def gather(g, n, dys, needs):
     reduction = "add" if g.opset >= 16 else None  # below 16 indices are constant and checked
     dx = g.op("ScatterElements", g.zeros_like(data), spread, flat_dy, axis=axis,
               reduction=reduction)
+    return [dx, None]
+
+
+def _tile_check(g, n):
+    if g.shape(n.inputs[0]) is None:
+        return "Tile whose input rank is unknown"
+    return None
+
+
+@rule("Tile", check=_tile_check)
+def tile(g, n, dys, needs):
+    # y = tile(x, r), x of shape d: view dy as [r0, d0, r1, d1, ...] and sum over the r axes
+    x = n.inputs[0]
+    rank = g.rank(x)
+    pairs = g.op("Concat", g.op("Unsqueeze", n.inputs[1], g.ints([1])),
+                 g.op("Unsqueeze", g.op("Shape", x), g.ints([1])), axis=1)  # [rank, 2]
+    split = g.op("Reshape", dys[0], g.op("Reshape", pairs, g.ints([-1])))
+    dx = g.op("ReduceSum", split, g.ints(list(range(0, 2 * rank, 2))), keepdims=0)
     return [dx, None]
