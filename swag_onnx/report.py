@@ -224,6 +224,7 @@ def mean_curve(files) -> np.ndarray | None:
 def plot_curves(path: Path, out_dir: Path, rows, methods, metrics) -> bool:
     """curves.png: one panel per curve metric, the mean curve of each method, AUCs in the
     legend. Returns False when there is no curve metric."""
+    from matplotlib import colormaps
     from matplotlib.figure import Figure
 
     panels = [m for m in CURVE_METRICS if m in metrics]
@@ -238,14 +239,16 @@ def plot_curves(path: Path, out_dir: Path, rows, methods, metrics) -> bool:
         ax.set_visible(False)
     grid = np.linspace(0.0, 1.0, GRID_POINTS)
     for ax, metric in zip(axes, panels):
-        for method in methods:
+        for k, method in enumerate(methods):
             images = sorted({r["image"] for r in rows
                              if r["method"] == method and r["metric"] == metric})
             curve = mean_curve([out_dir / "curves" / f"{i}__{method}__{metric}.npy"
                                 for i in images])
             if curve is None:
                 continue
-            ax.plot(grid, curve, label=f"{method} ({_fmt(stats[method, metric].mean)})")
+            ax.plot(grid, curve, label=f"{method} ({_fmt(stats[method, metric].mean)})",
+                    color=colormaps["tab20"](k % 20), linestyle="-" if k < 20 else "--",
+                    linewidth=2.0 if method.startswith("swag") else 1.2)  # SWAG stands out
         better = "higher" if HIGHER_IS_BETTER[metric] else "lower"
         ax.set_title(f"{metric} (AUC {better} is better)")
         ax.set_xlabel("information content (normalised)" if metric in ("sic", "aic")
