@@ -4,7 +4,7 @@ One run explains every image with every method and scores the maps; everything g
 folder (see README, "Evaluate"):
 
 - ``results.csv``: one row per image, method and metric (pointing: per annotated class), columns
-  COLUMNS. Rows are appended image by image and flushed to disk (fsync) after each image, so an
+  COLUMNS (swag_onnx.results). Rows are appended image by image and flushed to disk (fsync) after each image, so an
   interrupted run keeps what it finished; a rerun into the same folder skips the rows already
   there (a half-written last line is cut off first).
 - ``settings.json``: the model, method parameters and protocol of the folder's rows; a rerun with
@@ -22,11 +22,7 @@ game explains each annotated class present in the image.
 
 from __future__ import annotations
 
-import csv
 import inspect
-import io
-import json
-import os
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -38,6 +34,10 @@ import numpy as np
 from swag_onnx import images as imgs
 from swag_onnx.card import class_name, parse_target
 from swag_onnx.errors import BadImageError, BadOptionError
+from swag_onnx.results import (  # noqa: F401  (COLUMNS, load_settings: part of this API)
+    COLUMNS, RESULTS, SETTINGS, append_rows, check_settings, jsonable, load_settings,
+    read_results,
+)
 
 METRICS = ("deletion", "insertion", "sic", "aic", "pointing", "class-sensitivity")
 DEFAULT_METRICS = ("deletion", "insertion")
@@ -45,8 +45,6 @@ HIGHER_IS_BETTER = {"deletion": False, "insertion": True, "sic": True, "aic": Tr
                     "pointing": True, "class-sensitivity": False}
 CURVE_METRICS = ("deletion", "insertion", "sic", "aic")
 TOP1_METRICS = ("deletion", "insertion", "sic", "aic", "class-sensitivity")
-COLUMNS = ["image", "method", "metric", "target", "label", "value", "seconds", "detail"]
-RESULTS, SETTINGS = "results.csv", "settings.json"
 THUMB_SIDE = 192  # longest side of a thumbnail in overlays.png
 FORMAT = 1
 
@@ -215,61 +213,6 @@ def planned_keys(item: Item, methods, metrics, classes: list[str]) -> list[tuple
     return keys
 
 
-# ------------------------------------------------------------------- results.csv and settings
-
-def read_results(path: Path) -> list[dict]:
-    """The rows of results.csv; a half-written last line (no newline) is cut off the file, and
-    unreadable lines are skipped. A file with other columns is refused."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):  # interrupted mid-write: drop the partial line
-        data = data[:data.rfind(b"\n") + 1]
-        os.truncate(path, len(data))
-    if not data:
-        return []
-    reader = csv.DictReader(io.StringIO(data.decode("utf-8", errors="replace")))
-    if reader.fieldnames != COLUMNS:
-        raise BadOptionError(f"{path} is not a swag-onnx evaluate results file (columns "
-                             f"{reader.fieldnames}, expected {COLUMNS}); choose another --out")
-    rows = []
-    for row in reader:
-        if None in row or any(row.get(c) is None for c in COLUMNS):
-            continue
-        try:
-            row["value"], row["seconds"] = float(row["value"]), float(row["seconds"])
-            row["target"] = int(row["target"])
-        except ValueError:
-            continue
-        rows.append(row)
-    return rows
-
-
-def append_rows(path: Path, rows: list[dict]) -> None:
-    """Append rows (a header first when the file is new or empty), then flush and fsync."""
-    if not rows:
-        return
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    if not path.exists() or path.stat().st_size == 0:
-        writer.writerow(COLUMNS)
-    for row in rows:
-        writer.writerow([_cell(c, row[c]) for c in COLUMNS])
-    with open(path, "a", encoding="utf-8", newline="") as handle:
-        handle.write(buffer.getvalue())
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _cell(column: str, value) -> str:
-    if column == "value":
-        return repr(float(value))  # round-trips exactly: a resumed run equals an uninterrupted one
-    if column == "seconds":
-        return f"{float(value):.4f}"
-    return str(value)
-
-
 def settings_of(explainer, protocol: Protocol, method_params: dict, input_hw) -> dict:
     """The settings a folder's rows depend on (settings.json; a rerun must match them)."""
     from swag_onnx.metrics import default_step
@@ -277,7 +220,7 @@ def settings_of(explainer, protocol: Protocol, method_params: dict, input_hw) ->
 
     card = explainer.card
     pic = pic_settings(protocol)
-    return _jsonable({
+    return jsonable({
         "format": FORMAT,
         "model": {"file": explainer.onnx_path.name, "sha256": file_sha256(explainer.onnx_path),
                   "layers": list(explainer.runner.layers),
@@ -320,45 +263,6 @@ def pic_options(**options) -> dict:
         raise BadOptionError(f"the PIC minimum score must be within [0, 1], got "
                              f"{given['min_pred_value']}")
     return given
-
-
-def load_settings(out_dir: Path) -> dict:
-    """The folder's settings.json: {"settings": ..., "runs": [...]}."""
-    return json.loads((Path(out_dir) / SETTINGS).read_text())
-
-
-def check_settings(out_dir: Path, settings: dict) -> dict:
-    """Refuse a folder written with other settings; returns the stored file (or a new one)."""
-    path = out_dir / SETTINGS
-    if not path.exists():
-        if (out_dir / RESULTS).exists() and (out_dir / RESULTS).stat().st_size:
-            raise BadOptionError(f"{out_dir} has {RESULTS} but no {SETTINGS}, so its settings "
-                                 "are unknown; choose another --out")
-        return {"settings": settings, "runs": []}
-    try:
-        stored = json.loads(path.read_text())
-        previous = stored["settings"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise BadOptionError(f"cannot read {path} ({exc}); choose another --out") from None
-    if previous != settings:
-        changes = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in _diff(previous, settings))
-        raise BadOptionError(f"{out_dir} holds results computed with other settings ({changes}); "
-                             "rerun with the same model and options, or choose another --out")
-    stored.setdefault("runs", [])
-    return stored
-
-
-def _diff(a, b, prefix=""):
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b)):
-            yield from _diff(a.get(k), b.get(k), f"{prefix}{k}.")
-    elif a != b:
-        yield prefix.rstrip("."), a, b
-
-
-def _jsonable(obj):
-    return json.loads(json.dumps(obj, default=lambda v: v.tolist() if hasattr(v, "tolist")
-                                 else str(v)))
 
 
 # ------------------------------------------------------------------------------- scoring
