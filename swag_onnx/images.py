@@ -355,12 +355,23 @@ def scale_model_view(views: np.ndarray, card: Mapping[str, Any]) -> np.ndarray:
     if v.shape[1:3] != recipe.size:
         raise ValueError(f"images are {v.shape[1:3]}, the model input is {recipe.size}; "
                          "use model_view (or preprocess) first")
+    return _scale(v, recipe)
+
+
+def _scale(views: np.ndarray, recipe: _Recipe) -> np.ndarray:
+    """uint8 RGB (N, h, w, 3) -> float32 model input: colour order, (v - offset) / divisor
+    (computed in float64, in place on a contiguous copy in the model's layout), layout."""
     if recipe.bgr:
-        v = v[..., ::-1]
-    x = (v.astype(np.float32) - recipe.offset) / recipe.divisor
+        views = views[..., ::-1]
     if recipe.layout == "NCHW":
-        x = x.transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(x, dtype=np.float32)
+        x = np.ascontiguousarray(views.transpose(0, 3, 1, 2)).astype(np.float64)
+        per_channel = (1, 3, 1, 1)
+    else:
+        x = views.astype(np.float64)
+        per_channel = (1, 1, 1, 3)
+    x -= recipe.offset.reshape(per_channel)
+    x /= recipe.divisor.reshape(per_channel)
+    return x.astype(np.float32)
 
 
 def labels_to_original(labels_hw: np.ndarray, geometry: Geometry) -> np.ndarray:
@@ -378,13 +389,7 @@ def _preprocess(rgb: np.ndarray, recipe: _Recipe) -> tuple[np.ndarray, Geometry]
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected a uint8 RGB image (H, W, 3), got {rgb.dtype} {rgb.shape}")
     geometry = _geometry(rgb.shape[:2], recipe)
-    image = model_view(rgb, geometry)
-    if recipe.bgr:
-        image = image[:, :, ::-1]
-    x = (image.astype(np.float32) - recipe.offset) / recipe.divisor
-    if recipe.layout == "NCHW":
-        x = x.transpose(2, 0, 1)
-    return np.ascontiguousarray(x[None], dtype=np.float32), geometry
+    return _scale(model_view(rgb, geometry)[None], recipe), geometry
 
 
 def _geometry(original: tuple[int, int], recipe: _Recipe) -> Geometry:
