@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import numpy as np
 import onnx
@@ -122,6 +123,9 @@ def test_augmented_file_shares_weights_and_input_is_untouched(tmp_path):
     assert json.loads(next(p.value for p in model.metadata_props if p.key == CONTRACT_KEY))[
         "num_classes"] == contract.num_classes == 1000
     assert not list(tmp_path.glob(".*tmp*"))  # no temp files left behind
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
 
 
 def _model_with(nodes, inputs, outputs, inits=()):

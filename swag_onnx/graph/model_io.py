@@ -85,6 +85,9 @@ def save_model_atomic(model: onnx.ModelProto, path: str | os.PathLike) -> None:
             os.replace(tmp_data, path.parent / data_name)
         else:
             onnx.save_model(model, tmp)
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual mode
         os.replace(tmp, path)
     finally:
         for leftover in (Path(tmp), tmp_data):
