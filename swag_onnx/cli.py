@@ -360,7 +360,8 @@ def evaluate(
         explainer = Explainer(model, layers=layer or None, provider=provider, threads=threads)
         ev.annotated_classes(explainer, boxes)
         options = dict(steps=steps, samples=samples, masks=masks, seed=seed,
-                       batch_size=batch_size, combine=combine)
+                       batch_size=batch_size, combine=combine, meta=meta or None,
+                       meta_lr=meta_lr if meta else None)
         params = ev.method_params(methods, options)
         protocol = ev.Protocol(step=step, baseline=baseline, blur_ksize=blur_ksize,
                                blur_sigma=blur_sigma, tolerance=tolerance, seed=seed,

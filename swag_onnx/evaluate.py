@@ -115,9 +115,10 @@ def resolve_methods(methods) -> list[str]:
 
 def method_params(methods, options: dict) -> dict:
     """The explain parameters for `methods` from the options (None = not given). seed and
-    batch_size go only to methods that take them (the metrics use them too); any other option
-    that no chosen method takes is an error."""
-    from swag_onnx.explain import METHOD_PARAMS, SWAG_PARAMS
+    batch_size go only to methods that take them (the metrics use them too); meta / meta_lr
+    (meta-saliency) only with methods it applies to; any other option that no chosen method
+    takes is an error."""
+    from swag_onnx.explain import META_LR, METHOD_PARAMS, SWAG_PARAMS, _check_meta
 
     accepted = set().union(*(SWAG_PARAMS if m.startswith("swag-") else
                              METHOD_PARAMS.get(m, set()) for m in methods))
@@ -125,7 +126,11 @@ def method_params(methods, options: dict) -> dict:
     for key, value in options.items():
         if value is None:
             continue
-        if key == "combine":
+        if key in ("meta", "meta_lr"):  # meta-saliency: checked against the methods
+            if options.get("meta"):
+                params[key] = value
+                _check_meta(methods, options.get("meta_lr", META_LR))
+        elif key == "combine":
             from swag_onnx.methods.cam import CAM_METHODS
 
             if any(m in CAM_METHODS for m in methods):

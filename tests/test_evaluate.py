@@ -202,6 +202,7 @@ def test_rerun_with_other_settings_is_refused(photos, full_run, tmp_path):
     ("out-is-a-file", "is a file"),
     ("unknown-method", "unknown method"),
     ("option-for-no-method", "--steps does not apply"),
+    ("meta-with-lime", "--meta applies to"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(photos, tmp_path, case, message):
     image = str(photos / "coffee.png")
@@ -225,6 +226,8 @@ def test_bad_input_is_one_line_and_exit_code_2(photos, tmp_path, case, message):
         args += ["--method", "magic"]
     elif case == "option-for-no-method":
         args += ["--steps", "8"]
+    elif case == "meta-with-lime":
+        args += ["--method", "lime", "--meta"]
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
@@ -388,3 +391,22 @@ def test_resolve_metrics_and_method_params():
                                                               "combine": "sum"}
     with pytest.raises(BadOptionError, match="--masks does not apply"):
         ev.method_params(["gradient"], {"masks": 10})
+    meta = {"meta": True, "meta_lr": -0.01, "seed": 0}
+    assert ev.method_params(["normgrad"], meta) == {"meta": True, "meta_lr": -0.01}
+    assert ev.method_params(["normgrad"], {"meta": None, "meta_lr": None}) == {}
+    with pytest.raises(BadOptionError, match="not to rise"):
+        ev.method_params(["normgrad", "rise"], meta)
+
+
+def test_meta_saliency_is_evaluated_and_recorded(photos, tmp_path):
+    out = tmp_path / "meta"
+    args = ["evaluate", str(photos / "coffee.png"), "--out", str(out), "--method", "normgrad",
+            "--step", "2240"]
+    plain = runner.invoke(app, args[:3] + [str(tmp_path / "plain")] + args[4:])
+    result = runner.invoke(app, args + ["--meta"])
+    assert plain.exit_code == 0 and result.exit_code == 0, result.output
+    settings = ev.load_settings(out)["settings"]
+    assert settings["methods"]["meta"] is True and settings["methods"]["meta_lr"] == 0.0025
+    values = [[r["value"] for r in ev.read_results(folder / "results.csv")]
+              for folder in (tmp_path / "plain", out)]
+    assert values[0] != values[1]  # the step changes the map, hence the curves
