@@ -9,21 +9,26 @@ default_layers, provenance. A model without a card gets the same information fro
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from swag_onnx.errors import BadModelError, BadOptionError
 
 CARD_NAME = "card.json"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "exported_models" / "efficientnet_lite0"
+# where a regular (non-editable) install puts it (pyproject.toml: data-files)
+INSTALLED_MODEL_DIR = Path(sys.prefix) / "share" / "swag_onnx" / "efficientnet_lite0"
 REQUIRED = ("input_size", "scaling")
 
 
 def default_model() -> Path:
-    """The embedded default model (EfficientNet-Lite0, ImageNet)."""
-    if not (DEFAULT_MODEL_DIR / CARD_NAME).is_file():
-        raise BadModelError(f"the default model is missing from {str(DEFAULT_MODEL_DIR)!r}; "
-                            "pass --model")
-    return DEFAULT_MODEL_DIR
+    """The embedded default model (EfficientNet-Lite0, ImageNet): the source tree's
+    exported_models/ (editable install), else the installed copy."""
+    for folder in (DEFAULT_MODEL_DIR, INSTALLED_MODEL_DIR):
+        if (folder / CARD_NAME).is_file():
+            return folder
+    raise BadModelError(f"the default model is missing from {str(DEFAULT_MODEL_DIR)!r} and "
+                        f"{str(INSTALLED_MODEL_DIR)!r}; pass --model")
 
 
 def resolve(model: str | Path | None, overrides: dict | None = None) -> tuple[Path, dict]:

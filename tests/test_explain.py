@@ -197,9 +197,13 @@ def test_demo_writes_three_variants(tmp_path, monkeypatch):
 
 def test_missing_default_model_is_a_clear_error(monkeypatch, tmp_path):
     from swag_onnx import card
+    installed = card.DEFAULT_MODEL_DIR
     monkeypatch.setattr(card, "DEFAULT_MODEL_DIR", tmp_path / "gone")
+    monkeypatch.setattr(card, "INSTALLED_MODEL_DIR", tmp_path / "gone too")
     with pytest.raises(BadModelError, match="default model is missing"):
         Explainer()
+    monkeypatch.setattr(card, "INSTALLED_MODEL_DIR", installed)  # a regular install's copy
+    assert card.default_model() == installed
 
 
 def test_provider_reported_is_the_one_that_runs(photos, tmp_path):
