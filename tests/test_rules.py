@@ -201,6 +201,8 @@ def test_depthwise_strided_conv():
 )
 def test_max_pool_property(kernel, stride, pads, ceil_mode, dilation, size, seed):
     pads = [min(p, (k - 1) * d // 2) for p, k, d in zip(pads, kernel * 2, dilation * 2)]
+    assume(all((k - 1) * d + 1 <= n + p0 + p1  # the dilated window fits: an output exists
+               for k, d, n, p0, p1 in zip(kernel, dilation, size, pads[:2], pads[2:])))
     assume(not ceil_window_outside(size, kernel, stride, pads, ceil_mode, dilation))
     attrs = {"kernel_shape": list(kernel), "strides": list(stride), "pads": pads,
              "ceil_mode": ceil_mode, "dilations": list(dilation)}
