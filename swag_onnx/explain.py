@@ -194,7 +194,7 @@ class Explainer:
                 {"layers": self.runner.layers, "combine": combine}
         channel_axis = 0 if channels_first else -1
         if name == "rise":
-            saliency = rise(x, self._probabilities, target, channel_axis=channel_axis, **params)
+            saliency = rise(x, self.probabilities, target, channel_axis=channel_axis, **params)
             return saliency, None, _recorded(params)
         if name == "xrai":
             view = imgs.model_view(rgb, geometry)
@@ -207,7 +207,7 @@ class Explainer:
             return saliency, ranks, {**params, **info}
         if name == "lime":
             view = imgs.model_view(rgb, geometry)
-            saliency, segments, _ = lime(x, view, self._probabilities, target,
+            saliency, segments, _ = lime(x, view, self.probabilities, target,
                                          channel_axis=channel_axis, **params)
             return np.maximum(saliency, 0.0), segments, _recorded(params)  # class evidence
         if name in ("gradient", "gradient-x-input"):
@@ -222,8 +222,6 @@ class Explainer:
         """Softmax probabilities [N, K] of a preprocessed batch in the model's input layout (the
         model function of LIME, RISE and the metrics in swag_onnx.metrics)."""
         return softmax(self.runner.scores(np.ascontiguousarray(batch, np.float32)))
-
-    _probabilities = probabilities  # the name the methods were first wired to
 
     def _black_white(self) -> list[np.ndarray]:
         """A black and a white image in the model-input space (XRAI's IG baselines)."""

@@ -56,6 +56,19 @@ def session(model: onnx.ModelProto) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
+def stage_layer_session(path):
+    """(describe(path), its stage layers, a session on the model augmented with them): the setup
+    of the whole-network tests. Asserts that only default-domain ops were emitted."""
+    from swag_onnx import describe
+    from swag_onnx.graph.analysis import stage_outputs
+
+    info = describe(path)
+    layers = [layer for layer, _ in stage_outputs(info.layers, info.layout)]
+    augmented = augment_model(onnx.load(path), layers=layers)
+    assert {node.domain for node in augmented.graph.node} <= {"", "ai.onnx"}
+    return info, layers, session(augmented)
+
+
 def vjp_error(model, x, eps=1e-4, directions=3, seed=0):
     """Max relative error of <t, vjp(c)> against central finite differences of <c, f(x)>."""
     rng = np.random.default_rng(seed)

@@ -10,14 +10,11 @@ float32. The input is kept away from ReLU kinks and max-pool ties (keras_zoo.sta
 from __future__ import annotations
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
 
 import keras_zoo as kz
-from swag_onnx import augment_model, describe
+from gradcheck import stage_layer_session
 from swag_onnx.graph import SCORE, SEED, act_name, grad_name
-from swag_onnx.graph.analysis import stage_outputs
 
 TOLERANCE = 1e-4
 CASES = [(name, exporter) for name in kz.NETWORKS for exporter in kz.EXPORTERS
@@ -42,14 +39,9 @@ def check_gradients(model, reference, path, size, input_scaling=(0.0, 1.0)) -> d
     """Augment the export at `path` with its stage layers and compare the score, the input
     gradient and every layer matched to a Keras layer output with `reference`; returns the
     relative errors by name (asserted below TOLERANCE)."""
-    info = describe(path)
+    info, layers, session = stage_layer_session(path)
     assert info.layout == "NHWC" and info.unsupported == []
     assert info.score_source == "input of the final Softmax"
-    layers = [layer for layer, _ in stage_outputs(info.layers, info.layout)]
-    augmented = augment_model(onnx.load(path), layers=layers)
-    assert {node.domain for node in augmented.graph.node} <= {"", "ai.onnx"}
-    session = ort.InferenceSession(augmented.SerializeToString(),
-                                   providers=["CPUExecutionProvider"])
 
     seed = np.random.default_rng(1).standard_normal((1, info.num_classes)).astype(np.float32)
     x, ref, (matched, decisions) = kz.stable_input(reference, path, (1, size, size, 3), seed,

@@ -10,14 +10,11 @@ and float32 rounding alone decides which side two implementations land on.
 from __future__ import annotations
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
 
 import zoo
-from swag_onnx import augment_model, describe
+from gradcheck import stage_layer_session
 from swag_onnx.graph import SCORE, SEED, act_name, grad_name
-from swag_onnx.graph.analysis import stage_outputs
 
 TOLERANCE = 1e-4
 CASES = [(name, dynamo) for name in zoo.NETWORKS for dynamo in (False, True)]
@@ -38,13 +35,8 @@ def test_gradients_match_torch_autograd(name, dynamo, tmp_path, networks):
     net = networks[name]
     size = zoo.INPUT_SIZE.get(name, zoo.DEFAULT_SIZE)
     path = zoo.export(net, size, tmp_path / "model.onnx", dynamo)
-    info = describe(path)
+    info, layers, session = stage_layer_session(path)
     assert info.unsupported == []
-    layers = [layer for layer, _ in stage_outputs(info.layers, info.layout)]
-    augmented = augment_model(onnx.load(path), layers=layers)
-    assert {node.domain for node in augmented.graph.node} <= {"", "ai.onnx"}
-    session = ort.InferenceSession(augmented.SerializeToString(),
-                                   providers=["CPUExecutionProvider"])
 
     seed = np.random.default_rng(1).standard_normal((1, info.num_classes)).astype(np.float32)
     x = zoo.stable_input(net, path, (1, 3, size, size))
