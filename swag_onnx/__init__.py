@@ -5,11 +5,11 @@ respect to its image input and chosen layers (standard ONNX ops only); `Explaine
 explains images with SWAG on such a model.
 """
 
-__version__ = "0.1.0"
 
 from swag_onnx.errors import BadModelError, BadOptionError, SwagError, UnsupportedOpsError
 from swag_onnx.explain import Explainer
 from swag_onnx.graph import augment, augment_model, describe
+from swag_onnx.runtime import __version__  # the installed distribution's (importlib.metadata)
 
 __all__ = [
     "Explainer",

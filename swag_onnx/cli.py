@@ -6,24 +6,29 @@ User errors (SwagError) print one line on stderr and exit with code 2; nothing h
 from __future__ import annotations
 
 import contextlib
+import inspect as pyinspect
+import re
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperCommand
 
-from swag_onnx.errors import BadImageError, BadOptionError, SwagError
+from swag_onnx.errors import BadOptionError, SwagError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
+                  rich_markup_mode=None,  # plain help: long method lists wrap, never truncate
                   help="Explain ONNX image classifiers with gradients computed by the model itself.")
 out = Console()
 err = Console(stderr=True)
 
 LAYER_HELP = ("Tensor name of a layer whose activation and gradient are returned (repeatable); "
-              "'auto' picks the last spatial feature map before global pooling.")
+              "'auto' picks the last spatial feature map before global pooling (on a vision "
+              "transformer, the last block's input norm, a token layer).")
 SCORE_HELP = "Score (logit) tensor to differentiate; default: the input of a final Softmax, " \
              "else the model output."
 
@@ -34,8 +39,14 @@ def user_errors():
     try:
         yield
     except SwagError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        _error(str(exc))
         raise typer.Exit(2) from None
+
+
+def _error(message: str) -> None:
+    """One error line on stderr, the message printed as given (no markup)."""
+    err.print("[bold red]error:[/] ", end="", highlight=False)
+    err.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -52,22 +63,35 @@ def inspect(
     with user_errors():
         info = describe(model, score)
     shape = "x".join("N" if d is None else str(d) for d in info.input_shape)
-    out.print(f"model        {model} (opset {info.opset})", highlight=False)
-    out.print(f"image input  {info.image_input} [{shape}] layout {info.layout}", highlight=False)
-    out.print(f"score        {info.score} ({info.num_classes} classes; {info.score_source})",
+    out.print(f"model        {model} (opset {info.opset})", markup=False, highlight=False)
+    out.print(f"image input  {info.image_input} [{shape}] layout {info.layout}", markup=False,
               highlight=False)
+    out.print(f"score        {info.score} ({info.num_classes} classes; {info.score_source})",
+              markup=False, highlight=False)
     layers = info.layers if all_layers else stage_outputs(info.layers, info.layout)
     table = Table(title="candidate layers (* = auto)", title_justify="left")
     table.add_column("tensor")
     table.add_column("shape")
     for name, dims in layers:
         mark = " *" if name == info.auto_layer else ""
-        table.add_row(name + mark, "x".join("N" if d is None else str(d) for d in dims))
+        table.add_row(_plain(name + mark), "x".join("N" if d is None else str(d) for d in dims))
     out.print(table)
+    if info.tokens:  # vision transformers: [N, T, C] layers read as (C, h, w) grids
+        tokens = Table(title="token layers (* = auto; block norms unless --all-layers)",
+                       title_justify="left")
+        for column in ("tensor", "shape", "grid", "leading tokens"):
+            tokens.add_column(column)
+        for name, layout in info.tokens.items():
+            if all_layers or layout.op == "LayerNormalization" or name == info.auto_layer:
+                mark = " *" if name == info.auto_layer else ""
+                tokens.add_row(_plain(name + mark), "x".join("N" if d is None else str(d)
+                                                     for d in layout.shape),
+                               "x".join(str(d) for d in layout.grid), str(layout.offset))
+        out.print(tokens)
     if info.unsupported:
-        out.print(f"unsupported ({len(info.unsupported)}):", highlight=False)
+        out.print(f"unsupported ({len(info.unsupported)}):", markup=False, highlight=False)
         for problem in info.unsupported:
-            out.print(f"  {problem}", highlight=False)
+            out.print(f"  {problem}", markup=False, highlight=False)
     else:
         out.print("unsupported  none: every op on the gradient path has a rule")
 
@@ -85,19 +109,152 @@ def augment(
                                  "as inputs (meta-saliency)."),
 ):
     """Write a copy of MODEL that also returns the gradient of a class score (standard ONNX ops)."""
-    from swag_onnx.graph import augment as augment_file
+    from swag_onnx.graph import Contract, augment_model
+    from swag_onnx.graph.checks import check_model, fit_to_runtime
+    from swag_onnx.graph.model_io import load_model, save_model_atomic
+    from swag_onnx.files import check_output_target
 
     output = output or Path(model.stem + ".grad.onnx")
     with user_errors():
-        contract = augment_file(model, output, layers=layer, score=score, weights=weights)
-    out.print(f"wrote {output}", highlight=False)
-    out.print(f"  feed   swag.seed [N, {contract.num_classes}] beside {contract.image_input}",
-              highlight=False)
-    out.print(f"  fetch  swag.score, swag.grad.{contract.image_input}"
-              + "".join(f", swag.act.{t}, swag.grad.{t}" for t in contract.layers), highlight=False)
+        check_output_target(output)  # before the (slow) augmentation
+        if output.exists() and output.resolve() == model.resolve():
+            raise BadOptionError("the output path is the input model; choose another -o")
+        source = load_model(model)
+        # the copy must run on the installed onnxruntime: IR version lowered if need be; one
+        # image input, an [N, K] score, not augmented already (graph.checks)
+        fit_to_runtime(source, repr(str(model)))
+        check_model(source, repr(str(model)), score)
+        augmented = augment_model(source, layer, score, weights)
+        save_model_atomic(augmented, output)
+    contract = Contract.from_model(augmented)
+    lines = [f"wrote {output}",
+             f"  feed   swag.seed [N, {contract.num_classes}] beside {contract.image_input}",
+             f"  fetch  swag.score, swag.grad.{contract.image_input}"
+             + "".join(f", swag.act.{t}, swag.grad.{t}" for t in contract.layers)]
     if contract.weights:
-        out.print(f"  and    swag.wgrad.<name> for {len(contract.weights)} parameters (each also "
-                  "an optional input)", highlight=False)
+        lines.append(f"  and    swag.wgrad.<name> for {len(contract.weights)} parameters (each "
+                     "also an optional input)")
+    for line in lines:  # paths and tensor names as given: no markup
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+# ------------------------------------------------------------------- options from the registries
+
+def _option_type(check):
+    """The Python type of a validation check's values (for typer)."""
+    from swag_onnx import validation as v
+
+    if isinstance(check, v.Optional):
+        return _option_type(check.check)
+    return {v.Int: int, v.Number: float, v.Choice: str, v.Flag: bool}[type(check)]
+
+
+def _registry_options(entries, exclude=()) -> list[pyinspect.Parameter]:
+    """One --option per parameter name of the registry entries (methods or metrics), unset by
+    default (the entry's own default then applies), help saying who takes it."""
+    by_name: dict[str, list] = {}
+    for entry in entries:
+        for param in entry.params.values():
+            if param.name not in exclude:
+                by_name.setdefault(param.name, []).append((entry.name, param))
+    options = []
+    for name, uses in by_name.items():
+        helps: dict[str, dict[str, list[str]]] = {}  # help -> default -> owners
+        for owner, param in uses:
+            default = "per source" if param.default is None else repr(param.default)
+            helps.setdefault(param.help, {}).setdefault(default, []).append(owner)
+        text = "; ".join(f"{h} (default " + "; ".join(f"{d}: {', '.join(who)}"
+                                                      for d, who in by_default.items()) + ")"
+                         for h, by_default in helps.items())
+        kind = _option_type(uses[0][1].check)
+        options.append(pyinspect.Parameter(
+            name, pyinspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind],
+            default=typer.Option(None, uses[0][1].option, help=text, show_default=False)))
+    return options
+
+
+def _with_options(*option_sets):
+    """Give a command the generated options as keyword arguments (it takes **options)."""
+    def decorate(command):
+        signature = pyinspect.signature(command, eval_str=True)
+        fixed = [p for p in signature.parameters.values()
+                 if p.kind is not pyinspect.Parameter.VAR_KEYWORD]
+        names = {p.name for p in fixed}
+        extra = {p.name: p for options in option_sets for p in options if p.name not in names}
+        command.__signature__ = signature.replace(parameters=fixed + list(extra.values()))
+        return command
+    return decorate
+
+
+def _method_help() -> str:
+    from swag_onnx.methods import ALIASES, METHODS
+
+    return ("Method (repeatable; one model run is shared): " + ", ".join([*ALIASES, *METHODS])
+            + "; `swag-onnx methods` describes them.")
+
+
+def _metric_help() -> str:
+    from swag_onnx.metrics.registry import DEFAULT_METRICS, METRICS
+
+    return (f"Metric (repeatable; default {' and '.join(DEFAULT_METRICS)}): "
+            + ", ".join(METRICS) + "; `swag-onnx metrics` describes them.")
+
+
+def _methods():
+    from swag_onnx.methods import METHODS
+
+    return METHODS.values()
+
+
+def _metrics():
+    from swag_onnx.metrics.registry import METRICS
+
+    return METRICS.values()
+
+
+# Options shared by explain and evaluate, declared once.
+ImagesArg = Annotated[List[Path], typer.Argument(help="Image files or folders.")]
+ModelOpt = Annotated[Optional[Path], typer.Option(
+    help="Model folder (model.onnx + card.json) or .onnx file; default: the embedded "
+         "EfficientNet-Lite0.")]
+MethodOpt = Annotated[List[str], typer.Option("--method", help=_method_help())]
+LayerOpt = Annotated[List[str], typer.Option(
+    "--layer", help="Layer(s) of the layer-based methods: tensor names (spatial maps, or token "
+                    "layers of vision transformers; `swag-onnx inspect` lists them) or 'auto' "
+                    "(default: the card's).")]
+SuperpixelsOpt = Annotated[str, typer.Option(help="What `--method swag` stands for: swag-image, "
+                                                  "swag-gradient or swag-combined.")]
+MetaOpt = Annotated[bool, typer.Option("--meta", help=(
+    "Meta-saliency: maps from the model after one SGD step on the target's cross-entropy "
+    "(methods made from the shared gradient run)."))]
+MetaLrOpt = Annotated[float, typer.Option(help="--meta learning rate (negative: adversarial).")]
+ProviderOpt = Annotated[str, typer.Option(help="auto (CUDA, else CPU), cpu or cuda.")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(help="onnxruntime intra-op threads.")]
+RayOpt = Annotated[Optional[str], typer.Option(
+    "--ray", metavar="[ADDRESS]",
+    help="Run on Ray (the optional extra swag-onnx[ray]): with no value, a local Ray runtime; "
+         "'auto' or HOST:PORT (ray://HOST:PORT) joins a cluster. One actor per CPU (per GPU "
+         "with --provider cuda); the output files are the local run's.")]
+
+
+def ray_flag_value(args: list[str]) -> list[str]:
+    """--ray not followed by 'auto', 'local' or an address (HOST:PORT, ray://HOST:PORT) becomes
+    --ray=local (a local runtime), so that `--ray photos/` keeps photos/ as an image."""
+    args = list(args)
+    for i, arg in enumerate(args):
+        if arg == "--":
+            break
+        following = args[i + 1] if i + 1 < len(args) else ""
+        if arg == "--ray" and not re.fullmatch(r"auto|local|(ray://)?\S+:\d+", following):
+            args[i] = "--ray=local"
+    return args
+
+
+class RayCommand(TyperCommand):
+    """A command whose --ray takes an optional value (typer options cannot)."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, ray_flag_value(args))
 
 
 # ------------------------------------------------------------------------------ explain / demo
@@ -110,19 +267,21 @@ def _card_overrides(input_size, layout, resize, mean, std, offset, divisor, labe
             raise BadOptionError("--mean and --std take three values each (one per channel)")
         scaling = {"mean": list(mean), "std": list(std)}
     elif offset is not None or divisor is not None:
-        scaling = {"offset": offset or 0.0, "divisor": divisor or 1.0}
+        scaling = {"offset": 0.0 if offset is None else offset,
+                   "divisor": 1.0 if divisor is None else divisor}
     names = None
     if labels is not None:
         try:
             names = [line.strip() for line in labels.read_text().splitlines() if line.strip()]
-        except OSError as exc:
-            raise BadOptionError(f"cannot read --labels {str(labels)!r}: {exc}") from None
-    size = [input_size, input_size] if input_size else None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BadOptionError(f"cannot read --labels {str(labels)!r} as text ({exc}); pass "
+                                 "a text file with one class name per line") from None
+    size = None if input_size is None else [input_size, input_size]
     return {"input_size": size, "layout": layout, "resize": resize,
             "crop": "center" if resize else None, "scaling": scaling, "class_names": names}
 
 
-def _write_explanation(result, stem: str, out_dir: Path, boundaries: bool) -> float:
+def write_explanation(result, stem: str, out_dir: Path, boundaries: bool) -> float:
     """Write <stem>.<method>.png/.npy/.json atomically; returns the time taken (ms)."""
     from swag_onnx import images as imgs
 
@@ -149,8 +308,15 @@ def _summary(rows) -> None:
     for column in ("image", "top-1", "target", "method", "ms"):
         table.add_column(column)
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(_plain(cell) for cell in row))
     out.print(table)
+
+
+def _plain(text: str):
+    """User text as a rich Text (printed as given, markup characters included)."""
+    from rich.text import Text
+
+    return Text(str(text))
 
 
 def _progress(total: int):
@@ -160,15 +326,18 @@ def _progress(total: int):
                     console=err, disable=total <= 3, transient=True)
 
 
-def run_explain(explainer, named_images, out_dir: Path, methods, target, params, batch_size,
-                boundaries, superpixels: str = "image") -> list[tuple]:
-    """Explain (stem, image) pairs in batches with every method; returns summary rows."""
-    from swag_onnx.explain import PROGRESS_METHODS
+def run_explain(explainer, items, out_dir: Path, methods, target, params, batch_size,
+                boundaries, superpixels: str = "image", meta: bool = False,
+                meta_lr: float = 0.0025) -> tuple[list[tuple], list[str]]:
+    """Explain evaluate.Items in batches with every method, then write index.html (a gallery
+    of this run's maps); returns (summary rows, problems: images that could not be decoded)."""
+    from swag_onnx.errors import BadImageError
+    from swag_onnx.explain import plan
 
-    rows = []
-    slow = any(m in PROGRESS_METHODS for m in methods)
-    with _progress(len(named_images) + (4 if slow else 0)) as progress:
-        task = progress.add_task("explaining", total=len(named_images))
+    rows, problems, records = [], [], []
+    slow = any(entry.progress for entry, _ in plan(methods, params, superpixels))
+    with _progress(len(items) + (4 if slow else 0)) as progress:
+        task = progress.add_task("explaining", total=len(items))
         samples = {}
 
         def on_progress(method: str, done: int, total: int) -> None:
@@ -176,240 +345,256 @@ def run_explain(explainer, named_images, out_dir: Path, methods, target, params,
                 samples[method] = progress.add_task(f"{method} samples", total=total)
             progress.update(samples[method], completed=done, total=total)
 
-        for start in range(0, len(named_images), batch_size):
-            chunk = named_images[start:start + batch_size]
-            results = explainer.explain([image for _, image in chunk], method=methods,
-                                        superpixels=superpixels, target=target,
-                                        on_progress=on_progress, **params)
-            per_image = len(results) // len(chunk)
-            for k, result in enumerate(results):
-                stem = chunk[k // per_image][0]
-                result.timings_ms["writing"] = _write_explanation(result, stem, out_dir,
-                                                                  boundaries)
-                best = result.top5[0]
-                rows.append((stem, f"{best['label']} ({best['probability']:.1%})",
-                             result.target["label"], result.method,
-                             f"{sum(result.timings_ms.values()):.0f}"))
-            progress.advance(task, len(chunk))
-    return rows
+        for start in range(0, len(items), batch_size):
+            chunk = []
+            for item in items[start:start + batch_size]:
+                try:
+                    chunk.append((item.name, item.load()))
+                except BadImageError as exc:
+                    problems.append(str(exc))
+            if chunk:
+                results = explainer.explain([image for _, image in chunk], method=methods,
+                                            superpixels=superpixels, target=target,
+                                            on_progress=on_progress, meta=meta,
+                                            meta_lr=meta_lr, **params)
+                per_image = len(results) // len(chunk)
+                for k, result in enumerate(results):
+                    stem = chunk[k // per_image][0]
+                    result.timings_ms["writing"] = write_explanation(result, stem, out_dir,
+                                                                      boundaries)
+                    best = result.top5[0]
+                    rows.append((stem, f"{best['label']} ({best['probability']:.1%})",
+                                 result.target["label"], result.method,
+                                 f"{sum(result.timings_ms.values()):.0f}"))
+                    records.append({"stem": stem, "method": result.method,
+                                    "png": f"{stem}.{result.method}.png",
+                                    "target": result.target, "top5": result.top5})
+            progress.advance(task, len(items[start:start + batch_size]))
+    if records:
+        from swag_onnx import html
+
+        html.write_explain_index(out_dir, records)
+    return rows, problems
 
 
-def _load_all(paths) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
-    """Decode every image file; bad files become one-line problems (the good ones go on)."""
-    from swag_onnx import images as imgs
-
-    files, problems = imgs.collect_images(paths)
-    loaded, stems = [], set()
-    for path in files:
-        try:
-            image = imgs.load_image(path)
-        except BadImageError as exc:
-            problems.append(str(exc))
-            continue
-        stem = path.stem if path.stem not in stems else f"{path.parent.name}_{path.stem}"
-        stems.add(stem)
-        loaded.append((stem, image))
-    return loaded, problems
+def _check_out(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BadOptionError(f"--out {str(out_dir)!r} exists and is not a folder; pass a folder")
 
 
-@app.command()
+@app.command(cls=RayCommand)
+@_with_options(_registry_options(_methods(), exclude=("batch_size",)))
 def explain(
-    images: List[Path] = typer.Argument(..., help="Image files or folders."),
-    model: Optional[Path] = typer.Option(None, help="Model folder (model.onnx + card.json) or "
-                                         ".onnx file; default: the embedded EfficientNet-Lite0."),
-    out_dir: Path = typer.Option(Path("swag-out"), "--out", help="Output folder."),
-    method: List[str] = typer.Option(["swag"], "--method", help="swag (with --superpixels), "
-                                     "swag-image, swag-gradient, swag-combined, gradcam, "
-                                     "gradcam++, normgrad, normgrad-selective, gradient, "
-                                     "gradient-x-input, integrated-gradients, smoothgrad, "
-                                     "lime, rise, xrai; "
-                                     "repeatable (one model run is shared)."),
-    layer: List[str] = typer.Option([], "--layer", help="Layer(s) for gradcam, gradcam++ and "
-                                    "normgrad: tensor names or 'auto' (default: the card's)."),
-    combine: str = typer.Option("product", help="How several layers combine: product or sum."),
-    meta: bool = typer.Option(False, "--meta", help="Meta-saliency: maps from the model after "
-                              "one SGD step on the target's cross-entropy (gradcam, gradcam++, "
-                              "normgrad*, gradient, gradient-x-input, swag)."),
-    meta_lr: float = typer.Option(0.0025, help="--meta learning rate (negative: adversarial)."),
-    steps: Optional[int] = typer.Option(None, help="integrated-gradients: path steps (64); "
-                                        "xrai: steps per baseline (50)."),
-    samples: Optional[int] = typer.Option(None, help="smoothgrad: noisy samples (50); lime: "
-                                          "perturbed samples (1000)."),
-    masks: Optional[int] = typer.Option(None, help="rise: random masks (4000)."),
-    noise: Optional[float] = typer.Option(None, help="smoothgrad: noise std, fraction of the "
-                                          "input range (0.15)."),
-    seed: Optional[int] = typer.Option(None, help="smoothgrad, lime, rise: random seed (0)."),
-    superpixels: str = typer.Option("image", help="SWAG superpixel source: image, gradient or "
-                                    "combined."),
-    target: Optional[str] = typer.Option(None, help="Class index or name to explain "
-                                         "(case-insensitive); default: each image's top-1."),
-    n_segments: Optional[int] = typer.Option(None, help="SLIC: number of superpixels."),
-    compactness: Optional[float] = typer.Option(None, help="SLIC compactness."),
-    sigma: Optional[float] = typer.Option(None, help="SLIC pre-smoothing."),
-    gradient_weight: Optional[float] = typer.Option(None, help="Weight of the gradient channel "
-                                                    "(combined)."),
-    attribution: Optional[str] = typer.Option(None, help="gradient or gradient_x_input."),
-    sign: Optional[str] = typer.Option(None, help="abs, positive or signed."),
-    reduce: Optional[str] = typer.Option(None, help="Channel reduction: max, sum or l2."),
-    smooth_sigma: Optional[float] = typer.Option(None, help="Gaussian smoothing of the pixel "
-                                                 "map."),
-    top_k: Optional[int] = typer.Option(None, help="Keep only the k best regions."),
-    boundaries: bool = typer.Option(True, help="Draw superpixel boundaries on the overlay."),
-    provider: str = typer.Option("auto", help="auto (CUDA, else CPU), cpu or cuda."),
-    threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads."),
-    batch_size: int = typer.Option(8, min=1, help="Images per model run."),
-    input_size: Optional[int] = typer.Option(None, help="Model input size (no card)."),
-    layout: Optional[str] = typer.Option(None, help="NCHW or NHWC (no card)."),
-    resize: Optional[int] = typer.Option(None, help="Resize the shorter side, then centre-crop."),
-    mean: List[float] = typer.Option([], help="Per-channel mean of (pixel/255) (3 values)."),
-    std: List[float] = typer.Option([], help="Per-channel std (3 values)."),
-    offset: Optional[float] = typer.Option(None, help="(pixel - offset) / divisor scaling."),
-    divisor: Optional[float] = typer.Option(None, help="(pixel - offset) / divisor scaling."),
-    labels: Optional[Path] = typer.Option(None, help="Class names, one per line."),
+    images: ImagesArg,
+    model: ModelOpt = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("swag-out"),
+    method: MethodOpt = ["swag"],  # noqa: B006  (typer reads it, never mutated)
+    layer: LayerOpt = [],  # noqa: B006
+    superpixels: SuperpixelsOpt = "image",
+    meta: MetaOpt = False,
+    meta_lr: MetaLrOpt = 0.0025,
+    target: Annotated[Optional[str], typer.Option(help="Class index or name to explain "
+                                                  "(case-insensitive); default: each image's "
+                                                  "top-1.")] = None,
+    boundaries: Annotated[bool, typer.Option(help="Draw region boundaries on the overlay.")]
+    = True,
+    provider: ProviderOpt = "auto",
+    threads: ThreadsOpt = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per model run.")] = 8,
+    input_size: Annotated[Optional[int], typer.Option(help="Model input size (no card).")]
+    = None,
+    layout: Annotated[Optional[str], typer.Option(help="NCHW or NHWC (no card).")] = None,
+    resize: Annotated[Optional[int], typer.Option(help="Resize the shorter side, then "
+                                                  "centre-crop.")] = None,
+    mean: Annotated[List[float], typer.Option(help="Per-channel mean of (pixel/255) (3 "
+                                              "values).")] = [],  # noqa: B006
+    std: Annotated[List[float], typer.Option(help="Per-channel std (3 values).")]
+    = [],  # noqa: B006
+    offset: Annotated[Optional[float], typer.Option(help="(pixel - offset) / divisor "
+                                                    "scaling.")] = None,
+    divisor: Annotated[Optional[float], typer.Option(help="(pixel - offset) / divisor "
+                                                     "scaling.")] = None,
+    labels: Annotated[Optional[Path], typer.Option(help="Class names, one per line.")] = None,
+    ray: RayOpt = None,
+    **options,
 ):
-    """Explain images (SWAG and the comparison methods): writes <stem>.<method>.png, .npy and
-    .json per image and method."""
-    from swag_onnx.explain import Explainer
+    """Explain images: writes <name>.<method>.png, .npy and .json per image and method."""
+    from swag_onnx.evaluate import items_from_paths
+    from swag_onnx.explain import Explainer, plan
+    from swag_onnx.methods.registry import check_meta
 
-    params = {k: v for k, v in dict(
-        n_segments=n_segments, compactness=compactness, sigma=sigma,
-        gradient_weight=gradient_weight, attribution=attribution, sign=sign, reduce=reduce,
-        smooth_sigma=smooth_sigma, top_k=top_k, steps=steps, samples=samples, noise=noise,
-        seed=seed, masks=masks).items() if v is not None}
+    params = {k: v for k, v in options.items() if v is not None}
     with user_errors():
-        overrides = _card_overrides(input_size, layout, resize, mean, std, offset, divisor, labels)
-        explainer = Explainer(model, card=overrides, layers=layer or None, provider=provider,
-                              threads=threads)
-        named, problems = _load_all(images)
-        params["combine"] = combine
+        _check_out(out_dir)
+        planned = plan(method, params, superpixels)  # every option checked before any run
         if meta:
-            params.update(meta=True, meta_lr=meta_lr)
-        rows = run_explain(explainer, named, out_dir, method, target, params, batch_size,
-                           boundaries, superpixels) if named else []
+            check_meta([entry for entry, _ in planned], meta_lr)
+        overrides = _card_overrides(input_size, layout, resize, mean, std, offset, divisor, labels)
+        if ray is not None:  # the model runs on Ray actors: here it is only read, on the CPU
+            from swag_onnx import distributed
+
+            distributed.require_ray()
+            args = distributed.explainer_args(model, overrides, layer, provider, threads)
+        explainer = Explainer(model, card=overrides, layers=layer or None,
+                              provider=provider if ray is None else "cpu", threads=threads)
+        items, problems = items_from_paths(images)
+        if ray is not None and items:
+            rows, bad = distributed.run_explain(
+                distributed.Cluster(ray), explainer, args, items, out_dir, method, target,
+                params, batch_size, boundaries, superpixels, meta, meta_lr)
+        else:
+            rows, bad = run_explain(explainer, items, out_dir, method, target, params,
+                                    batch_size, boundaries, superpixels, meta,
+                                    meta_lr) if items else ([], [])
+    problems += bad
     if rows:
         _summary(rows)
         out.print(f"wrote {len(rows)} explanation(s) to {out_dir}/ (provider "
-                  f"{explainer.provider})", highlight=False)
+                  f"{explainer.provider})", markup=False, highlight=False)
     for problem in problems:
-        err.print(f"[bold red]error:[/] {problem}", highlight=False, soft_wrap=True)
+        _error(problem)
     if problems or not rows:
         if not problems:
-            err.print("[bold red]error:[/] no images to explain", highlight=False)
+            _error("no images to explain")
         raise typer.Exit(1 if rows else 2)
 
 
-@app.command()
+# ------------------------------------------------------------------------------- evaluate
+
+@app.command(cls=RayCommand)
+@_with_options(_registry_options(_methods()), _registry_options(_metrics()))
 def evaluate(
-    images: List[Path] = typer.Argument(..., help="Image files or folders."),
-    method: List[str] = typer.Option(["swag"], "--method", help="Method to evaluate (names as "
-                                     "in explain); repeatable."),
-    metric: List[str] = typer.Option([], "--metric", help="deletion, insertion, sic, aic, "
-                                     "pointing or class-sensitivity; repeatable (default: "
-                                     "deletion and insertion)."),
-    out_dir: Path = typer.Option(Path("swag-eval"), "--out", help="Output folder; a rerun "
-                                 "into it skips the rows already computed."),
-    annotations: Optional[Path] = typer.Option(None, help="Boxes for the pointing game "
-                                               "(see swag_onnx.metrics.pointing)."),
-    model: Optional[Path] = typer.Option(None, help="Model folder (model.onnx + card.json) or "
-                                         ".onnx file; default: the embedded EfficientNet-Lite0."),
-    layer: List[str] = typer.Option([], "--layer", help="Layer(s) for the layer-based methods."),
-    combine: str = typer.Option("product", help="How several layers combine: product or sum."),
-    meta: bool = typer.Option(False, "--meta", help="Meta-saliency: maps from the model after "
-                              "one SGD step on the target's cross-entropy (gradcam, gradcam++, "
-                              "normgrad*, gradient, gradient-x-input, swag)."),
-    meta_lr: float = typer.Option(0.0025, help="--meta learning rate (negative: adversarial)."),
-    steps: Optional[int] = typer.Option(None, help="integrated-gradients: path steps."),
-    samples: Optional[int] = typer.Option(None, help="smoothgrad / lime: samples."),
-    masks: Optional[int] = typer.Option(None, help="rise: random masks."),
-    seed: int = typer.Option(0, help="Seed of SIC/AIC and of the stochastic methods."),
-    batch_size: int = typer.Option(32, min=1, help="Inputs per model call (curves, LIME, RISE, "
-                                   "...); changes speed and memory, not results."),
-    step: Optional[int] = typer.Option(None, min=1, help="Deletion/insertion: pixels per step "
-                                       "(default h*w/224: 224 on a 224x224 input)."),
-    baseline: float = typer.Option(0.0, help="Deletion: value of deleted pixels in the "
-                                   "normalised input space (0 = the mean colour)."),
-    blur_ksize: int = typer.Option(11, min=1, help="Insertion: Gaussian kernel size (odd)."),
-    blur_sigma: float = typer.Option(5.0, help="Insertion: Gaussian sigma."),
-    tolerance: int = typer.Option(15, min=0, help="Pointing game: tolerance in pixels."),
-    pic_min_score: Optional[float] = typer.Option(None, help="SIC/AIC: skip images whose "
-                                                  "top-1 probability is below this (0.8)."),
-    pic_reveal: Optional[str] = typer.Option(None, help="SIC/AIC: interpolate (reference) or "
-                                             "paste (faster)."),
-    provider: str = typer.Option("auto", help="auto (CUDA, else CPU), cpu or cuda."),
-    threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads."),
+    images: ImagesArg,
+    method: MethodOpt = ["swag"],  # noqa: B006
+    metric: Annotated[List[str], typer.Option("--metric", help=_metric_help())]
+    = [],  # noqa: B006
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder; a rerun into it skips "
+                                          "the rows already computed.")] = Path("swag-eval"),
+    annotations: Annotated[Optional[Path], typer.Option(
+        help="Boxes for the localisation metrics (see swag_onnx.metrics.pointing).")] = None,
+    model: ModelOpt = None,
+    layer: LayerOpt = [],  # noqa: B006
+    superpixels: SuperpixelsOpt = "image",
+    meta: MetaOpt = False,
+    meta_lr: MetaLrOpt = 0.0025,
+    controls: Annotated[bool, typer.Option(help="Evaluate the control maps (random, center) "
+                                           "beside the methods; the report flags every metric "
+                                           "on which a control beats a real method.")] = True,
+    provider: ProviderOpt = "auto",
+    threads: ThreadsOpt = None,
+    ray: RayOpt = None,
+    **options,
 ):
-    """Score saliency methods (deletion, insertion, SIC, AIC, pointing game, class sensitivity):
-    writes results.csv, curves/, summary.md, curves.png and overlays.png into --out."""
-    from swag_onnx import evaluate as ev
-    from swag_onnx import report
-    from swag_onnx.explain import Explainer
+    """Score saliency methods with the registered metrics: writes results.csv, curves/,
+    summary.md, curves.png and overlays.png into --out."""
+    if ray is None:
+        from swag_onnx.evaluate import evaluate as run_evaluation
+    else:  # the same job, the images explained and scored by Ray actors
+        import functools
 
-    with user_errors():
-        metrics = ev.resolve_metrics(metric)
-        methods = ev.resolve_methods(method)
-        if out_dir.exists() and not out_dir.is_dir():
-            raise BadOptionError(f"--out {out_dir} is a file; pass a folder")
-        if "pointing" in metrics and annotations is None:
-            raise BadOptionError("--metric pointing needs --annotations FILE (boxes per image)")
-        items, problems = ev.items_from_paths(images)
-        if not items:
-            for problem in problems:
-                err.print(f"[bold red]error:[/] {problem}", highlight=False, soft_wrap=True)
-            raise BadOptionError("no images to evaluate")
-        boxes = ev.match_annotations(annotations, items) if "pointing" in metrics else {}
-        explainer = Explainer(model, layers=layer or None, provider=provider, threads=threads)
-        ev.annotated_classes(explainer, boxes)
-        options = dict(steps=steps, samples=samples, masks=masks, seed=seed,
-                       batch_size=batch_size, combine=combine, meta=meta or None,
-                       meta_lr=meta_lr if meta else None)
-        params = ev.method_params(methods, options)
-        protocol = ev.Protocol(step=step, baseline=baseline, blur_ksize=blur_ksize,
-                               blur_sigma=blur_sigma, tolerance=tolerance, seed=seed,
-                               batch_size=batch_size,
-                               pic=ev.pic_options(min_pred_value=pic_min_score,
-                                                  reveal=pic_reveal))
-        with _progress(len(items) * len(methods)) as progress:
-            task = progress.add_task("evaluating", total=len(items) * len(methods))
-            result = ev.run(explainer, items, out_dir, methods, metrics, protocol=protocol,
-                            method_params=params, annotations=boxes, options=options,
-                            progress=lambda n, name: progress.update(
-                                task, advance=n, description=f"evaluating {name}"))
-        settings = ev.load_settings(out_dir)
-        written = report.write_report(out_dir, result.rows, methods, metrics,
-                                      settings["settings"], settings["runs"][-1])
-    stats = report.statistics(result.rows, methods, metrics)
-    table = Table(title="mean over images", title_justify="left")
-    table.add_column("method")
-    for m in metrics:
-        table.add_column(f"{m} {'↑' if ev.HIGHER_IS_BETTER[m] else '↓'}", justify="right")
-    for m in methods:
-        table.add_row(m, *(report._fmt(stats[m, k].mean) if (m, k) in stats else ""
-                           for k in metrics))
-    out.print(table)
-    unannotated = f", {result.unannotated} without annotations" if result.unannotated else ""
-    out.print(f"{result.processed} image(s) evaluated, {result.skipped} already done"
-              f"{unannotated}; wrote "
-              + ", ".join(str(p) for p in [out_dir / ev.RESULTS] + written), highlight=False)
-    for problem in problems + result.problems:
-        err.print(f"[bold red]error:[/] {problem}", highlight=False, soft_wrap=True)
-    if problems or result.problems:
-        raise typer.Exit(1)
+        from swag_onnx import distributed
+
+        run_evaluation = functools.partial(distributed.evaluate, address=ray)
+    from swag_onnx.report import fmt, higher_is_better, statistics
+
+    with user_errors(), _progress(10) as progress:
+        task = progress.add_task("evaluating", total=None)
+        result = run_evaluation(
+            images, method, metric, out_dir, model=model, annotations=annotations,
+            layers=layer, provider=provider, threads=threads, meta=meta, meta_lr=meta_lr,
+            controls=controls, superpixels=superpixels,
+            progress=lambda done, total, name: progress.update(
+                task, completed=done, total=total, description=f"evaluating {name}"),
+            **options)
+    report = result.report
+    if report.rows:
+        stats = statistics(report.rows, result.methods, result.metrics)
+        table = Table(title="mean over images", title_justify="left")
+        table.add_column("method")
+        for m in result.metrics:
+            table.add_column(f"{m} {'↑' if higher_is_better(m) else '↓'}", justify="right")
+        for m in result.methods:
+            table.add_row(_plain(m), *(fmt(stats[m, k].mean) if (m, k) in stats else ""
+                                       for k in result.metrics))
+        out.print(table)
+    unannotated = f", {report.unannotated} without annotations" if report.unannotated else ""
+    files = [p for p in [Path(out_dir) / "results.csv"] + result.written if p.exists()]
+    out.print(f"{report.processed} image(s) evaluated, {report.skipped} already done"
+              f"{unannotated}" + ("; wrote " + ", ".join(map(str, files)) if files else ""),
+              markup=False, highlight=False)
+    for problem in result.problems:
+        _error(problem)
+    if result.problems:
+        raise typer.Exit(1 if report.rows else 2)
+
+
+# ------------------------------------------------------------------------------- listings
+
+def _print(text: str) -> None:
+    out.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _params_lines(params) -> list[str]:
+    return [f"    {p.option}: {p.describe()}" for p in params.values()] or ["    none"]
 
 
 @app.command()
-def demo(out_dir: Path = typer.Option(Path("swag-demo"), "--out", help="Output folder.")):
+def methods():
+    """List every saliency method: what it computes, what it needs from the model, its
+    options and defaults, its flags and its reference."""
+    from swag_onnx.methods import ALIASES, METHODS
+
+    for m in METHODS.values():
+        flags = [f for f, on in (("--meta applies", m.meta), ("reports progress", m.progress),
+                                 ("control map", m.control)) if on]
+        if m.regions:
+            flags.append(f"regions: {m.regions}")
+        _print(f"{m.name}" + (f"  [{'; '.join(flags)}]" if flags else ""))
+        _print(f"  {m.summary}")
+        _print(f"  needs: {m.needs_text() or 'nothing from the model beyond its prediction'}")
+        _print("  options:")
+        for line in _params_lines(m.params):
+            _print(line)
+        _print(f"  reference: {m.reference}")
+    _print("aliases: " + ", ".join(f"{a} = swag-<--superpixels>" for a in ALIASES))
+
+
+@app.command()
+def metrics():
+    """List every evaluation metric: its rows and their direction, what it needs, its
+    protocol options and defaults."""
+    from swag_onnx.metrics.registry import METRICS, NEEDS
+
+    for m in METRICS.values():
+        _print(m.name + ("  [one row per annotated class]" if m.per_class else ""))
+        _print("  rows: " + ", ".join(f"{row} ({info.title}, "
+                                      f"{'higher' if info.higher_is_better else 'lower'} is "
+                                      "better)" for row, info in m.rows.items()))
+        _print("  needs: " + "; ".join(NEEDS[n] for n in sorted(m.needs)))
+        _print("  options:")
+        for line in _params_lines(m.params):
+            _print(line)
+        _print(f"  reference: {m.reference}")
+
+
+@app.command()
+def demo(out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")]
+         = Path("swag-demo")):
     """Explain scikit-image's cat photo with the default model and all three SWAG variants."""
     from skimage import data
 
-    from swag_onnx.explain import SWAG_METHODS, Explainer
+    from swag_onnx.evaluate import Item
+    from swag_onnx.explain import Explainer
+    from swag_onnx.methods.swag import SOURCES
 
     with user_errors():
+        _check_out(out_dir)
         explainer = Explainer()
-        rows = run_explain(explainer, [("chelsea", data.chelsea())], out_dir, list(SWAG_METHODS),
-                           None, {}, 1, True)
+        rows, _ = run_explain(explainer, [Item("chelsea", rgb=data.chelsea())], out_dir,
+                              [f"swag-{s}" for s in SOURCES], None, {}, 1, True)
     _summary(rows)
     out.print(f"wrote {len(rows)} explanations to {out_dir}/ (provider {explainer.provider})",
-              highlight=False)
+              markup=False, highlight=False)
 
 
 def main() -> None:

@@ -1,28 +1,28 @@
-"""`swag-onnx evaluate`: score saliency methods with the metrics of swag_onnx.metrics, resumably.
+"""`swag-onnx evaluate`: score saliency methods with the registered metrics, resumably.
 
-One run explains every image with every method and scores the maps; everything goes to one
-folder (see README, "Evaluate"):
+``evaluate(...)`` is the whole job (the CLI only translates options and errors): it resolves the
+methods (swag_onnx.methods.registry) and metrics (swag_onnx.metrics.registry), checks every
+option, matches annotations, explains every image with every method, scores the maps and writes
+the report. Everything goes to one folder (see README, "Evaluate"):
 
-- ``results.csv``: one row per image, method and metric (pointing: per annotated class), columns
-  COLUMNS (swag_onnx.results). Rows are appended image by image and flushed to disk (fsync) after each image, so an
-  interrupted run keeps what it finished; a rerun into the same folder skips the rows already
-  there (a half-written last line is cut off first).
-- ``settings.json``: the model, method parameters and protocol of the folder's rows; a rerun with
-  other settings is refused (mixing them would make the means meaningless).
-- ``curves/<image>__<method>__<metric>.npy``: float64 (2, P), the curve's x (fraction of pixels
-  changed, or information content for SIC/AIC) and y (probability, or accuracy).
+- ``results.csv``: one row per image, method and metric row (per annotated class for the
+  localisation metrics), columns COLUMNS (swag_onnx.results). Rows are appended image by image
+  and flushed to disk (fsync), so an interrupted run keeps what it finished; a rerun into the
+  same folder skips the rows already there (a half-written last line is cut off first).
+- ``settings.json``: the model, method parameters and protocol of the folder's rows, written
+  with the first row; a rerun with other settings is refused (mixing them would make the means
+  meaningless).
+- ``curves/<image>__<method>__<metric>.npy``: float64 (2, P), a curve's x and y.
 - ``thumbs/<image>__<method>.png``: a small overlay of the top-1 map, for overlays.png.
 - ``summary.md``, ``curves.png``, ``overlays.png``: written by swag_onnx.report at the end.
 
-Scores: deletion/insertion/SIC/AIC use the softmax probability of the class predicted on the clean
-image, which is also the class explained. Maps are scored at the model's input resolution
-(``to_model_resolution``). Class sensitivity explains the least probable class too; the pointing
-game explains each annotated class present in the image.
+Maps are scored at the model's input resolution (``to_model_resolution``); the explained class
+is the one predicted on the clean image, except for the maps a metric asks for besides it (the
+least probable class for class sensitivity, each annotated class for the pointing game).
 """
 
 from __future__ import annotations
 
-import inspect
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -34,39 +34,22 @@ import numpy as np
 from swag_onnx import images as imgs
 from swag_onnx.card import class_name, parse_target
 from swag_onnx.errors import BadImageError, BadOptionError
-from swag_onnx.results import (  # noqa: F401  (COLUMNS, load_settings: part of this API)
+from swag_onnx.methods import registry as method_registry
+from swag_onnx.metrics import registry as metric_registry
+from swag_onnx.metrics.registry import Metric, MetricInputs
+from swag_onnx.results import (
     COLUMNS, RESULTS, SETTINGS, append_rows, check_settings, jsonable, load_settings,
     read_results,
 )
 
-METRICS = ("deletion", "insertion", "sic", "aic", "pointing", "class-sensitivity")
-DEFAULT_METRICS = ("deletion", "insertion")
-HIGHER_IS_BETTER = {"deletion": False, "insertion": True, "sic": True, "aic": True,
-                    "pointing": True, "class-sensitivity": False}
-CURVE_METRICS = ("deletion", "insertion", "sic", "aic")
-TOP1_METRICS = ("deletion", "insertion", "sic", "aic", "class-sensitivity")
 THUMB_SIDE = 192  # longest side of a thumbnail in overlays.png
-FORMAT = 1
+FORMAT = 2
+SHARED_OPTIONS = ("seed", "batch_size")  # options of the methods and of the metrics alike
+OTHER_CLASS_NEEDS = {"least_class_map": "least probable class",
+                     "random_class_map": "random other class"}
 
-
-@dataclass(frozen=True)
-class Protocol:
-    """Every choice that changes a metric's value (batch_size only changes speed and memory).
-
-    step: pixels per deletion/insertion step, None = round(h * w / 224); baseline: deleted pixels'
-    value in the normalised input space; blur_ksize/blur_sigma: insertion's start image;
-    tolerance: pointing game, pixels; seed: PIC (per image: derived from seed and the image name)
-    and the stochastic methods; pic: keyword overrides of swag_onnx.metrics.pic.pic_curves.
-    """
-
-    step: int | None = None
-    baseline: float = 0.0
-    blur_ksize: int = 11
-    blur_sigma: float = 5.0
-    tolerance: int = 15
-    seed: int = 0
-    batch_size: int = 32
-    pic: dict = field(default_factory=dict)
+__all__ = ["COLUMNS", "RESULTS", "SETTINGS", "Item", "RunReport", "Evaluation", "evaluate",
+           "run", "load_settings", "items_from_paths", "match_annotations"]
 
 
 @dataclass
@@ -87,59 +70,68 @@ class RunReport:
 
     processed: int = 0  # images explained in this run (not skipped)
     skipped: int = 0  # images whose rows were all present
-    unannotated: int = 0  # images with no row to compute (pointing alone, no annotations)
+    unannotated: int = 0  # images with no row to compute (localisation alone, no annotations)
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
     rows: list[dict] = field(default_factory=list)  # the planned rows, as in results.csv
 
 
+@dataclass
+class Plan:
+    """A checked run: methods with their parameters, metrics, the protocol, the options as
+    given (recorded in settings.json) and the annotations."""
+
+    methods: list[str]
+    method_options: dict  # the method options as given (explain checks them again, cheaply)
+    metrics: list[Metric]
+    protocol: dict
+    options: dict
+    annotations: dict = field(default_factory=dict)
+    meta_lr: float | None = None
+
+
+@dataclass
+class Evaluation:
+    """What `evaluate` did: the run's report, the files written and the problems met."""
+
+    report: RunReport
+    methods: list[str]
+    metrics: list[str]  # the metric rows (road writes road, road-morf and road-lerf)
+    written: list[Path]
+    problems: list[str]
+
+
 # ------------------------------------------------------------------------------- planning
 
-def resolve_metrics(metrics) -> list[str]:
-    names = []
-    for m in metrics or DEFAULT_METRICS:
-        m = m.strip().lower()
-        if m not in METRICS:
-            raise BadOptionError(f"unknown metric {m!r}; choose from: {', '.join(METRICS)}")
-        if m not in names:
-            names.append(m)
-    return [m for m in METRICS if m in names]
-
-
-def resolve_methods(methods) -> list[str]:
-    """Method names as explain takes them ("swag" = "swag-image"), duplicates dropped."""
-    from swag_onnx.explain import _method_names
-
-    return _method_names(list(methods) or ["swag"], "image")
-
-
-def method_params(methods, options: dict) -> dict:
-    """The explain parameters for `methods` from the options (None = not given). seed and
-    batch_size go only to methods that take them (the metrics use them too); meta / meta_lr
-    (meta-saliency) only with methods it applies to; any other option that no chosen method
-    takes is an error."""
-    from swag_onnx.explain import META_LR, METHOD_PARAMS, SWAG_PARAMS, _check_meta
-
-    accepted = set().union(*(SWAG_PARAMS if m.startswith("swag-") else
-                             METHOD_PARAMS.get(m, set()) for m in methods))
-    params = {}
-    for key, value in options.items():
-        if value is None:
-            continue
-        if key in ("meta", "meta_lr"):  # meta-saliency: checked against the methods
-            if options.get("meta"):
-                params[key] = value
-                _check_meta(methods, options.get("meta_lr", META_LR))
-        elif key == "combine":
-            from swag_onnx.methods.cam import CAM_METHODS
-
-            if any(m in CAM_METHODS for m in methods):
-                params[key] = value
-        elif key in accepted:
-            params[key] = value
-        elif key not in ("seed", "batch_size"):
-            raise BadOptionError(f"option --{key} does not apply to {', '.join(methods)}")
-    return params
+def plan(methods, metrics, options: dict, *, annotations_path=None, items=(), meta=False,
+         meta_lr=None) -> Plan:
+    """Resolve and check everything a run will use (before any model run). options: method
+    parameters and protocol options by name (None = default); seed and batch_size go to both."""
+    chosen = method_registry.resolve(list(methods) or ["swag"], options)
+    measures = metric_registry.resolve(metrics)
+    protocol_names = set(metric_registry.protocol_params())
+    given = {k: v for k, v in options.items() if v is not None and k != "superpixels"}
+    method_given = {k: v for k, v in given.items()
+                    if k not in protocol_names or k in SHARED_OPTIONS}
+    taken = set().union(*(m.params for m in chosen))
+    method_given = {k: v for k, v in method_given.items()
+                    if k in taken or k not in SHARED_OPTIONS}
+    method_registry.split_params(chosen, method_given)
+    protocol = metric_registry.check_protocol({k: v for k, v in given.items()
+                                               if k in protocol_names})
+    if meta:
+        meta_lr = method_registry.check_meta(chosen, meta_lr)
+    annotations = {}
+    if any("annotations" in m.needs for m in measures):
+        names = ", ".join(m.name for m in measures if "annotations" in m.needs)
+        if annotations_path is None:
+            raise BadOptionError(f"--metric {names} needs --annotations FILE (boxes per image)")
+        annotations = match_annotations(annotations_path, items)
+    recorded = {k: v for k, v in given.items() if k not in protocol_names or k in SHARED_OPTIONS}
+    if meta:
+        recorded.update(meta=True, meta_lr=meta_lr)
+    return Plan([m.name for m in chosen], method_given, measures, protocol, recorded,
+                annotations, meta_lr if meta else None)
 
 
 def match_annotations(path, items) -> dict:
@@ -187,143 +179,88 @@ def annotated_classes(explainer, annotations: dict) -> dict[str, int]:
 
 
 def items_from_paths(paths) -> tuple[list[Item], list[str]]:
-    """Image files (folders expanded) with unique names: the stem, or <folder>_<stem> when two
-    files share a stem. Nothing is decoded here."""
+    """Image files (folders expanded) with unique names (`unique_names`). Nothing is decoded
+    here."""
     files, problems = imgs.collect_images(paths)
-    items, names = [], set()
-    for path in files:
-        name = path.stem if path.stem not in names else f"{path.parent.name}_{path.stem}"
-        k = 2
-        while name in names:
-            name, k = f"{path.stem}_{k}", k + 1
-        names.add(name)
-        items.append(Item(name, path))
-    return items, problems
+    return [Item(name, path) for name, path in zip(unique_names(files), files)], problems
+
+
+def unique_names(files: list[Path]) -> list[str]:
+    """One output name per file: its stem; the file name when several files share the stem
+    (x.jpg and x.png -> "x.jpg", "x.png"); <folder>_<file name> when that is shared too;
+    then a counter. Outputs of different files never overwrite each other."""
+    stems = [f.stem for f in files]
+    names, taken = [], set()
+    for f in files:
+        name = f.stem if stems.count(f.stem) == 1 else f.name
+        if name in taken:
+            name = f"{f.parent.name}_{f.name}"
+        base, k = name, 2
+        while name in taken:
+            name, k = f"{base}_{k}", k + 1
+        taken.add(name)
+        names.append(name)
+    return names
+
+
+def _per_class_rows() -> set[str]:
+    return {row for m in metric_registry.METRICS.values() if m.per_class for row in m.rows}
 
 
 def row_key(row: dict) -> tuple:
-    """(image, method, metric, annotated class for pointing else "")."""
+    """(image, method, metric row, annotated class for the localisation metrics else "")."""
     return (row["image"], row["method"], row["metric"],
-            row["label"] if row["metric"] == "pointing" else "")
+            row["label"] if row["metric"] in _per_class_rows() else "")
 
 
-def planned_keys(item: Item, methods, metrics, classes: list[str]) -> list[tuple]:
+def planned_keys(item: Item, methods, metrics: list[Metric], classes: list[str]) -> list[tuple]:
     keys = []
     for method in methods:
-        for metric in metrics:
-            if metric == "pointing":
-                keys += [(item.name, method, metric, c) for c in classes]
-            else:
-                keys.append((item.name, method, metric, ""))
+        for m in metrics:
+            for row in m.rows:
+                keys += [(item.name, method, row, c) for c in classes] if m.per_class \
+                    else [(item.name, method, row, "")]
     return keys
 
 
-def settings_of(explainer, protocol: Protocol, method_params: dict, input_hw) -> dict:
-    """The settings a folder's rows depend on (settings.json; a rerun must match them)."""
-    from swag_onnx.metrics import default_step
+def settings_of(explainer, plan_: Plan) -> dict:
+    """The settings a folder's rows depend on (settings.json; a rerun must match them). Every
+    protocol option is recorded (so later runs may add metrics), and the method options as
+    given (so later runs may add methods)."""
     from swag_onnx.runtime import file_sha256
 
     card = explainer.card
-    pic = pic_settings(protocol)
     return jsonable({
         "format": FORMAT,
         "model": {"file": explainer.onnx_path.name, "sha256": file_sha256(explainer.onnx_path),
-                  "layers": list(explainer.runner.layers),
+                  # as asked for ("auto" resolves the same way for the same model and code):
+                  # reading the resolved names would augment a model no method needs to augment
+                  "layers": list(getattr(explainer.runner, "requested_layers",
+                                         explainer.runner.layers)),
                   **{k: card.get(k) for k in ("layout", "input_size", "resize", "crop",
                                               "scaling", "color_order", "score")}},
-        "methods": {k: v for k, v in sorted(method_params.items()) if k != "batch_size"},
-        "protocol": {
-            "score": "softmax probability of the class predicted on the clean image",
-            "resolution": list(input_hw),
-            "step": protocol.step if protocol.step is not None else default_step(*input_hw),
-            "baseline": protocol.baseline, "blur_ksize": protocol.blur_ksize,
-            "blur_sigma": protocol.blur_sigma, "blur_border": "reflect",
-            "auc": "trapezoid rule over the exact fraction of pixels changed, x in [0, 1]",
-            "pic": pic, "pointing_tolerance": protocol.tolerance, "seed": protocol.seed},
+        "methods": {k: v for k, v in sorted(plan_.options.items()) if k != "batch_size"},
+        "protocol": {"resolution": list(card["input_size"]),
+                     **{k: v for k, v in sorted(plan_.protocol.items()) if k != "batch_size"}},
     })
-
-
-def pic_settings(protocol: Protocol) -> dict:
-    """pic_curves' keyword defaults with the run's overrides (every PIC choice, spelled out)."""
-    try:
-        from swag_onnx.metrics.pic import pic_curves
-    except ImportError:
-        return dict(protocol.pic)
-    params = {name: p.default for name, p in inspect.signature(pic_curves).parameters.items()
-              if p.kind is inspect.Parameter.KEYWORD_ONLY
-              and name not in ("seed", "rng", "batch_size")}
-    params.update(protocol.pic)
-    return {k: v for k, v in params.items() if not callable(v)}
-
-
-def pic_options(**options) -> dict:
-    """pic_curves keyword overrides from options (None = the default), checked."""
-    from swag_onnx.metrics.pic import REVEALS
-
-    given = {k: v for k, v in options.items() if v is not None}
-    if given.get("reveal", REVEALS[0]) not in REVEALS:
-        raise BadOptionError(f"unknown PIC reveal {given['reveal']!r}; choose one of: "
-                             + ", ".join(REVEALS))
-    if not 0.0 <= given.get("min_pred_value", 0.0) <= 1.0:
-        raise BadOptionError(f"the PIC minimum score must be within [0, 1], got "
-                             f"{given['min_pred_value']}")
-    return given
 
 
 # ------------------------------------------------------------------------------- scoring
 
 class Scorer:
-    """Scores one image's maps: the model functions the metrics need, for one Explainer."""
+    """The model functions the metrics need, for one Explainer."""
 
-    def __init__(self, explainer, protocol: Protocol):
+    def __init__(self, explainer, batch_size: int):
         self.explainer = explainer
-        self.protocol = protocol
-        self.layout = explainer.card["layout"]
+        self.batch_size = batch_size
+        self.layout = "CHW" if explainer.card["layout"] == "NCHW" else "HWC"
 
-    def probabilities_of_rgb(self, views: np.ndarray) -> np.ndarray:
+    def rgb_probabilities(self, views: np.ndarray) -> np.ndarray:
         """uint8 model-view images (N, h, w, 3) -> probabilities (N, K), batch by batch."""
-        b = self.protocol.batch_size
+        b = self.batch_size
         return np.concatenate([self.explainer.probabilities(
             imgs.scale_model_view(views[i:i + b], self.explainer.card))
             for i in range(0, len(views), b)])
-
-    def curves(self, metric_set, x, view, saliency, cls, image_name) -> dict:
-        """{metric: (x, y, auc, note)} for the curve metrics in metric_set (saliency: model
-        grid); a skipped PIC curve has NaN y and auc and the reason as its note."""
-        from swag_onnx.metrics import (auc, curve_fractions, default_step, deletion_curve,
-                                       insertion_curve)
-
-        p = self.protocol
-        out = {}
-        h, w = saliency.shape
-        step = p.step if p.step is not None else default_step(h, w)
-        common = dict(layout=self.layout, step=step, batch_size=p.batch_size)
-        xs = curve_fractions(h, w, step)
-        if "deletion" in metric_set:
-            y = deletion_curve(x, saliency, self.explainer.probabilities, cls,
-                               baseline=p.baseline, **common)
-            out["deletion"] = (xs, y, auc(y, xs), "")
-        if "insertion" in metric_set:
-            y = insertion_curve(x, saliency, self.explainer.probabilities, cls,
-                                blur_ksize=p.blur_ksize, blur_sigma=p.blur_sigma, **common)
-            out["insertion"] = (xs, y, auc(y, xs), "")
-        if {"sic", "aic"} & set(metric_set):
-            from swag_onnx.metrics.pic import pic_curves
-
-            seed = (p.seed * 1_000_003 + zlib.crc32(image_name.encode())) % 2 ** 32
-            result = pic_curves(view, saliency, self.probabilities_of_rgb, cls, seed=seed,
-                                batch_size=p.batch_size, **p.pic)
-            for name in ("sic", "aic"):
-                if name in metric_set:
-                    curve = getattr(result, name)
-                    note = f"skipped: {curve.skipped}" if curve.skipped else ""
-                    out[name] = (np.asarray(curve.x, np.float64), np.asarray(curve.y, np.float64),
-                                 float(curve.auc), note)
-        return out
-
-
-def _seconds(explanation) -> float:
-    return sum(explanation.timings_ms.values()) / 1e3
 
 
 def _save_curve(out_dir: Path, image: str, method: str, metric: str, x, y) -> None:
@@ -350,152 +287,254 @@ def _row(image, method, metric, target, label, value, seconds, detail="") -> dic
             "label": label, "value": float(value), "seconds": float(seconds), "detail": detail}
 
 
-def evaluate_image(explainer, item: Item, methods, metrics, missing: set, out_dir: Path,
-                   protocol: Protocol, method_params: dict, annotations: dict,
-                   advance: Callable[[int], None] = lambda n: None) -> list[dict]:
+def _seconds(explanation) -> float:
+    return sum(explanation.timings_ms.values()) / 1e3
+
+
+class ImageRun:
+    """One image of a run: its explanations (made once, as the metrics ask for them) and the
+    inputs of the metrics."""
+
+    def __init__(self, explainer, item: Item, plan_: Plan, scorer: Scorer):
+        self.explainer, self.item, self.plan, self.scorer = explainer, item, plan_, scorer
+        self.rgb = item.load()
+        batch, self.geometry = imgs.preprocess(self.rgb, explainer.card)
+        self.x = batch[0]
+        self.view = imgs.model_view(self.rgb, self.geometry)
+        self.probabilities = explainer.probabilities(batch)[0]
+        self._maps: dict[tuple, object] = {}
+
+    def explanations(self, methods: list[str], target) -> dict:
+        """{method: Explanation} of `target` (None = top-1), computed once per (method, target)."""
+        todo = [m for m in methods if (m, target) not in self._maps]
+        if todo:
+            taken = set().union(*(method_registry.METHODS[m].params for m in todo
+                                  if m in method_registry.METHODS))
+            options = {k: v for k, v in self.plan.method_options.items() if k in taken}
+            found = self.explainer.explain([self.rgb], method=todo, target=target,
+                                           meta=self.plan.meta_lr is not None,
+                                           meta_lr=self.plan.meta_lr or 0.0, **options)
+            self._maps.update({(m, target): e for m, e in zip(todo, found)})
+        return {m: self._maps[m, target] for m in methods}
+
+    def other_class(self, need: str, target: int, seed: int) -> int:
+        """The class of a *_class_map need: the least probable one, or a random class other
+        than the target (seeded by the protocol seed and the image name)."""
+        if need == "least_class_map":
+            return int(np.argmin(self.probabilities))
+        rng = np.random.default_rng([seed, zlib.crc32(self.item.name.encode())])
+        others = np.delete(np.arange(len(self.probabilities)), target)
+        return int(rng.choice(others))
+
+    def inputs(self, explanation, boxes=None, other_maps=None) -> MetricInputs:
+        from swag_onnx.metrics import to_model_resolution
+
+        return MetricInputs(
+            x=self.x, layout=self.scorer.layout, view=self.view,
+            saliency=to_model_resolution(explanation.saliency, self.geometry),
+            original=explanation.saliency, target=explanation.target["index"],
+            probabilities=self.explainer.probabilities,
+            rgb_probabilities=self.scorer.rgb_probabilities, image_name=self.item.name,
+            other_maps=other_maps or {}, boxes=boxes)
+
+
+def evaluate_image(explainer, item: Item, plan_: Plan, missing: set, out_dir: Path,
+                   scorer: Scorer, advance: Callable[[int], None] = lambda n: None) -> list[dict]:
     """Explain one image and compute its missing rows (keys in `missing`); writes its curves and
     thumbnails, and returns the rows (results.csv order)."""
-    from swag_onnx.metrics import to_model_resolution
-
-    scorer = Scorer(explainer, protocol)
-    card = explainer.card
-    rgb = item.load()
-    batch, geometry = imgs.preprocess(rgb, card)
-    x = batch[0]
-    probabilities = explainer.probabilities(batch)[0]
-    least = int(np.argmin(probabilities))
-    top1_methods = [m for m in methods
-                    if any((item.name, m, t, "") in missing for t in TOP1_METRICS)]
-    main = dict(zip(top1_methods, explainer.explain([rgb], method=top1_methods, **method_params))
-                ) if top1_methods else {}
-    contrast_methods = [m for m in top1_methods
-                        if (item.name, m, "class-sensitivity", "") in missing]
-    contrast = dict(zip(contrast_methods, explainer.explain(
-        [rgb], method=contrast_methods, target=least, **method_params))) \
-        if contrast_methods else {}
-    view = imgs.model_view(rgb, geometry)
+    run_ = ImageRun(explainer, item, plan_, scorer)
+    classes = plan_.annotations.get(item.name, {})
     rows: dict[tuple, dict] = {}
-    for method, result in main.items():
-        cls, label = result.target["index"], result.target["label"]
-        seconds = _seconds(result)
-        saliency = to_model_resolution(result.saliency, geometry)
-        wanted = [t for t in TOP1_METRICS if (item.name, method, t, "") in missing]
-        for metric, (cx, cy, area, note) in scorer.curves(wanted, x, view, saliency, cls,
-                                                          item.name).items():
-            if np.all(np.isfinite(cy)):
-                _save_curve(out_dir, item.name, method, metric, cx, cy)
-            rows[(item.name, method, metric, "")] = _row(item.name, method, metric, cls, label,
-                                                        area, seconds, note)
-        if method in contrast:
-            from swag_onnx.metrics.sensitivity import class_sensitivity
 
-            other = contrast[method]
-            value = class_sensitivity(saliency, to_model_resolution(other.saliency, geometry))
-            rows[(item.name, method, "class-sensitivity", "")] = _row(
-                item.name, method, "class-sensitivity", cls, label, value, seconds,
-                f"least probable class {least} ({class_name(card, least)}), "
-                f"{_seconds(other):.3f} s")
-        _save_thumb(out_dir, item.name, result)
+    def wanted(method: str, m: Metric, label: str = "") -> bool:
+        return any((item.name, method, row, label) in missing for row in m.rows)
+
+    top1 = [x for x in plan_.methods
+            if any(wanted(x, m) for m in plan_.metrics if not m.per_class)]
+    for method, explanation in run_.explanations(top1, None).items():
+        other_maps = {}
+        for need in OTHER_CLASS_NEEDS:
+            if any(need in m.needs and wanted(method, m) for m in plan_.metrics):
+                cls = run_.other_class(need, explanation.target["index"],
+                                       plan_.protocol.get("seed", 0))
+                other = run_.explanations([method], cls)[method]
+                other_maps[need] = (to_model(other, run_), f"{OTHER_CLASS_NEEDS[need]} {cls} "
+                                    f"({class_name(explainer.card, cls)}), "
+                                    f"{_seconds(other):.3f} s")
+        inputs = run_.inputs(explanation, other_maps=other_maps)
+        for m in plan_.metrics:
+            if not m.per_class and wanted(method, m):
+                _score(m, inputs, explanation, rows, out_dir, item.name, method, plan_)
+        _save_thumb(out_dir, item.name, explanation)
         advance(1)
-    if "pointing" in metrics:
-        rows.update(_pointing(explainer, item, rgb, methods, missing, out_dir, protocol,
-                              method_params, annotations))
-    order = planned_keys(item, methods, metrics, sorted(annotations.get(item.name, {})))
-    return [rows[k] for k in order if k in rows]
-
-
-def _pointing(explainer, item, rgb, methods, missing, out_dir, protocol, method_params,
-              annotations):
-    from swag_onnx.metrics.pointing import pointing_hit
-
-    rows = {}
-    for label, boxes in sorted(annotations.get(item.name, {}).items()):
-        todo = [m for m in methods if (item.name, m, "pointing", label) in missing]
+    for label, boxes in sorted(classes.items()):
+        todo = [x for x in plan_.methods
+                if any(m.per_class and wanted(x, m, label) for m in plan_.metrics)]
         if not todo:
             continue
         index = parse_target(explainer.card, label, explainer.num_classes)
-        for method, result in zip(todo, explainer.explain([rgb], method=todo, target=index,
-                                                          **method_params)):
-            hit = bool(pointing_hit(result.saliency, boxes, tolerance=protocol.tolerance))
+        for method, explanation in run_.explanations(todo, index).items():
+            inputs = run_.inputs(explanation, boxes=boxes)
+            for m in plan_.metrics:
+                if m.per_class and wanted(method, m, label):
+                    _score(m, inputs, explanation, rows, out_dir, item.name, method, plan_,
+                           label)
             if not (out_dir / "thumbs" / f"{item.name}__{method}.png").exists():
-                _save_thumb(out_dir, item.name, result)  # pointing alone: its first map
-            rows[(item.name, method, "pointing", label)] = _row(
-                item.name, method, "pointing", index, label, float(hit), _seconds(result),
-                "hit" if hit else "miss")
-    return rows
+                _save_thumb(out_dir, item.name, explanation)  # localisation alone: its first map
+    order = planned_keys(item, plan_.methods, plan_.metrics, sorted(classes))
+    return [rows[k] for k in order if k in rows]
+
+
+def to_model(explanation, run_: ImageRun) -> np.ndarray:
+    from swag_onnx.metrics import to_model_resolution
+
+    return to_model_resolution(explanation.saliency, run_.geometry)
+
+
+def _score(m: Metric, inputs: MetricInputs, explanation, rows: dict, out_dir: Path, image: str,
+           method: str, plan_: Plan, label: str = "") -> None:
+    """Run one metric on one map; its rows go into `rows`, its curves to out_dir/curves."""
+    protocol = {k: plan_.protocol[k] for k in m.params}
+    target = explanation.target
+    for value in m.run(inputs, **protocol):
+        if value.curve is not None and np.all(np.isfinite(value.curve[1])):
+            _save_curve(out_dir, image, method, value.row, *value.curve)
+        rows[(image, method, value.row, label)] = _row(
+            image, method, value.row, target["index"], label or target["label"], value.value,
+            _seconds(explanation), value.note)
 
 
 # ----------------------------------------------------------------------------------- the run
 
-def run(explainer, items: list[Item], out_dir: Path, methods, metrics, *, protocol: Protocol,
-        method_params: dict | None = None, annotations: dict | None = None,
-        options: dict | None = None,
-        progress: Callable[[int, str], None] | None = None) -> RunReport:
-    """Evaluate `items` x `methods` x `metrics` into out_dir, skipping rows already there.
-
-    methods: resolved names (see explain.METHODS); metrics: see resolve_metrics; method_params:
-    what explain receives (see method_params); options: the method options as given, recorded in
-    settings.json (default method_params; recording the options rather than what the chosen
-    methods take lets a later run add methods to the folder); annotations: {image name:
-    {class name: boxes (M, 4)}} (pointing); progress(n, description): n more (image, method)
-    pairs done. Raises BadOptionError for a folder with other settings.
-    """
-    method_params = dict(method_params or {})
-    annotations = annotations or {}
+def run(explainer, items: list[Item], out_dir: Path, plan_: Plan,
+        progress: Callable[[int, str], None] | None = None, compute=None) -> RunReport:
+    """Evaluate `items` x methods x metrics of `plan_` into out_dir, skipping rows already
+    there. progress(n, description): n more (image, method) pairs done. Raises BadOptionError
+    for a folder with other settings (before any model run).
+    compute: another executor (swag_onnx.distributed): compute(todo, plan_, out_dir) with todo
+    the [(item, missing keys)] to do yields, in todo order, each item's rows (its curves and
+    thumbnails written first) or its BadImageError; this function still writes every row."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise BadOptionError(f"--out {out_dir} is a file; pass a folder")
-    input_hw = tuple(explainer.card["input_size"])
-    recorded = method_params if options is None else options
-    settings = settings_of(explainer, protocol, {k: v for k, v in recorded.items()
-                                                 if v is not None}, input_hw)
-    stored = check_settings(out_dir, settings)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    imgs.write_json(out_dir / SETTINGS, stored)
+    stored = check_settings(out_dir, settings_of(explainer, plan_))
     results = out_dir / RESULTS
     done = {row_key(r) for r in read_results(results)}
+    scorer = Scorer(explainer, plan_.protocol.get("batch_size", 32))
     report = RunReport()
     start = time.perf_counter()
+    n = len(plan_.methods)
+    tell = progress or (lambda count, name: None)
+    outcomes = None
+    if compute is not None:
+        todo = [(item, set(keys) - done) for item in items
+                for keys in [planned_keys(item, plan_.methods, plan_.metrics,
+                                          sorted(plan_.annotations.get(item.name, {})))]
+                if keys and set(keys) - done]
+        outcomes = iter(compute(todo, plan_, out_dir))
     for item in items:
-        keys = planned_keys(item, methods, metrics, sorted(annotations.get(item.name, {})))
+        keys = planned_keys(item, plan_.methods, plan_.metrics,
+                            sorted(plan_.annotations.get(item.name, {})))
         missing = set(keys) - done
-        if not keys:  # pointing alone, and the image has no annotations
-            report.unannotated += 1
-            if progress is not None:
-                progress(len(methods), item.name)
-            continue
-        if not missing:
-            report.skipped += 1
-            if progress is not None:
-                progress(len(methods), item.name)
+        if not keys or not missing:
+            report.unannotated += not keys
+            report.skipped += bool(keys)
+            tell(n, item.name)
             continue
         advanced = [0]
 
-        def advance(n: int, name: str = item.name) -> None:
-            advanced[0] += n
-            if progress is not None:
-                progress(n, name)
+        def advance(count: int, name: str = item.name) -> None:
+            advanced[0] += count
+            tell(count, name)
 
         try:
-            rows = evaluate_image(explainer, item, methods, metrics, missing, out_dir, protocol,
-                                  method_params, annotations, advance)
+            rows = evaluate_image(explainer, item, plan_, missing, out_dir, scorer, advance) \
+                if outcomes is None else _raised(next(outcomes))
         except BadImageError as exc:
             report.problems.append(str(exc))
             continue
         finally:
-            advance(len(methods) - advanced[0])
+            advance(n - advanced[0])
+        if not (out_dir / SETTINGS).exists():  # with the first row, never before
+            imgs.write_json(out_dir / SETTINGS, stored)
         append_rows(results, rows)
         done.update(row_key(r) for r in rows)
         report.processed += 1
     report.seconds = time.perf_counter() - start
     wanted = {k for item in items
-              for k in planned_keys(item, methods, metrics,
-                                    sorted(annotations.get(item.name, {})))}
+              for k in planned_keys(item, plan_.methods, plan_.metrics,
+                                    sorted(plan_.annotations.get(item.name, {})))}
     report.rows = [r for r in read_results(results) if row_key(r) in wanted]
-    stored["runs"].append({"images": report.processed, "skipped": report.skipped,
-                           "seconds": round(report.seconds, 3), "provider": explainer.provider,
-                           "methods": list(methods), "metrics": list(metrics),
-                           "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    imgs.write_json(out_dir / SETTINGS, stored)
+    if (out_dir / SETTINGS).exists():
+        stored["runs"].append({"images": report.processed, "skipped": report.skipped,
+                               "seconds": round(report.seconds, 3),
+                               "provider": getattr(compute, "provider", None)
+                               or explainer.provider, "methods": list(plan_.methods),
+                               "metrics": [m.name for m in plan_.metrics],
+                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        imgs.write_json(out_dir / SETTINGS, stored)
     return report
 
+
+def _raised(outcome):
+    """A computed item's rows, or its error raised."""
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+def evaluate(images, methods=("swag",), metrics=(), out_dir="swag-eval", *, model=None,
+             annotations=None, layers=None, provider: str = "auto", threads: int | None = None,
+             card: dict | None = None, meta: bool = False, meta_lr: float | None = None,
+             controls: bool = True, progress: Callable[[int, int, str], None] | None = None,
+             compute=None, **options) -> Evaluation:
+    """The whole `swag-onnx evaluate` job: check, explain, score, report.
+
+    images: files or folders; methods/metrics: names (defaults swag; deletion and insertion);
+    options: method parameters and protocol options by name (None = default; `swag-onnx
+    methods` and `swag-onnx metrics` list them). Everything is checked before the first model
+    run. controls: the control maps (registry entries flagged control: random, center) are
+    evaluated beside the methods, so that the report can flag metrics that do not separate
+    methods on this model. progress(done, total, description) is called as (image, method)
+    pairs finish. compute: see `run` (the model then runs there: this process reads it on the
+    CPU only, for its settings and class names).
+    Raises a SwagError for a user error; images that cannot be decoded are listed in
+    `problems` (the rest are evaluated).
+    """
+    from swag_onnx import report as reports
+    from swag_onnx.explain import Explainer
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BadOptionError(f"--out {out_dir} is a file; pass a folder")
+    items, problems = items_from_paths(images)
+    if not items:
+        raise BadOptionError("no images to evaluate" + (": " + "; ".join(problems)
+                                                         if problems else ""))
+    methods = list(methods) or ["swag"]
+    if controls:
+        methods += [name for name, m in method_registry.METHODS.items()
+                    if m.control and name not in methods]
+    plan_ = plan(methods, metrics, options, annotations_path=annotations, items=items,
+                 meta=meta, meta_lr=meta_lr)
+    explainer = Explainer(model, card=card, layers=layers or None,
+                          provider=provider if compute is None else "cpu", threads=threads)
+    annotated_classes(explainer, plan_.annotations)
+    total = len(items) * len(plan_.methods)
+    done = [0]
+
+    def tell(n: int, name: str) -> None:
+        done[0] += n
+        if progress is not None:
+            progress(done[0], total, name)
+
+    result = run(explainer, items, out_dir, plan_, tell, compute)
+    rows = [row for m in plan_.metrics for row in m.rows]  # results.csv's metric column
+    written = []
+    if (out_dir / SETTINGS).exists():
+        stored = load_settings(out_dir)
+        written = reports.write_report(out_dir, result.rows, plan_.methods, rows,
+                                       stored["settings"], stored["runs"][-1])
+    elif not result.problems:
+        problems.append("nothing was evaluated")
+    return Evaluation(result, plan_.methods, rows, written, problems + result.problems)

@@ -2,17 +2,31 @@
 
 Decisions (each a deliberate choice, tested in tests/test_images.py):
 
-- Decoding: OpenCV only. Files are decoded with `cv2.IMREAD_UNCHANGED` (keeps alpha and 16 bits),
-  which does NOT apply the EXIF orientation, so we read the EXIF block that
-  `cv2.imdecodeWithMetadata` returns and rotate/flip ourselves; the result matches what
-  `IMREAD_COLOR` shows. (OpenCV < 4.12 lacks that function: we then decode with
-  `IMREAD_ANYCOLOR | IMREAD_ANYDEPTH`, where OpenCV applies the orientation but drops alpha.)
+- Decoding: OpenCV (Pillow only reads headers). Files are decoded with `cv2.IMREAD_UNCHANGED`
+  (keeps alpha and 16 bits), which does NOT apply the EXIF orientation, so we parse the EXIF
+  block that `cv2.imdecodeWithMetadata` returns with Pillow's `Image.Exif` and rotate/flip
+  ourselves; the result matches what `IMREAD_COLOR` shows. (OpenCV < 4.12 lacks that function:
+  we then decode with `IMREAD_ANYCOLOR | IMREAD_ANYDEPTH`, where OpenCV applies the orientation
+  but drops alpha.)
 - Alpha is composited over white (transparent pixels become white, as viewers show them), not
   dropped: the colour under fully transparent pixels is often black or garbage.
 - 16-bit images are scaled to 8 bits (v / 257, rounded); float images are clipped to [0, 1].
-- Large images are refused, not shrunk: the width and height are read from the PNG, JPEG, BMP,
-  WebP or TIFF header before decoding, and anything above MAX_PIXELS raises BadImageError without
-  allocating pixels. Other formats are checked after decoding (OpenCV caps those at 2**30).
+- Bounded resources; every limit below raises BadImageError (one line) before pixels are
+  allocated:
+  - only regular files are read (os.stat first: a FIFO, device, socket or folder is refused
+    without being opened, so a FIFO cannot hang us and /dev/zero cannot fill memory);
+  - MAX_FILE_BYTES (512 MiB): files above it are not read. It admits an uncompressed 8-bit RGB
+    image at MAX_PIXELS (300 MB).
+  - MAX_SIDE (16384) on the longer side and MAX_PIXELS (100 million) on width x height, both
+    checked on the size the header declares, read by Pillow without decoding (every format
+    Pillow knows; for GIF the logical screen grown to the first frame; TIFF files Pillow cannot
+    open are sized from their first IFD). Files whose size cannot be read are refused. The side
+    cap bounds the aspect ratio, which bounds preprocessing: a 1 x N image resized to a shorter
+    side of 256 would be 256 x 256N. OpenCV gets the same caps through its
+    OPENCV_IO_MAX_IMAGE_* variables (unless already set), so its own header parse is held to
+    them too. The decoded size is checked again after decoding.
+  - Preprocessing and mapping back never allocate the full resized image when it would be
+    larger than both the original and _FULL_RESIZE_PIXELS: only the model's crop is computed.
 - Resizing uses INTER_AREA when shrinking both sides (anti-aliased, close to torchvision's
   antialiased bilinear) and INTER_LINEAR otherwise.
 - Colour map: viridis (perceptually uniform, readable in grey and by colour-blind viewers).
@@ -23,23 +37,30 @@ Arrays: images are uint8 RGB (H, W, 3); saliency maps are float32 (H, W).
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
-import struct
-import tempfile
+import stat
 import unicodedata
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Mapping
 
 import cv2
 import numpy as np
+from PIL import Image, TiffImagePlugin
 from skimage.segmentation import find_boundaries
 
 from swag_onnx.errors import BadImageError, BadOptionError
+from swag_onnx.files import atomic_write, file_kind
 
-MAX_PIXELS = 100_000_000
+MAX_PIXELS = 100_000_000  # width x height
+MAX_SIDE = 16_384  # longer side; WebP's own limit is 16383, JPEG's 65500
+MAX_FILE_BYTES = 512 * 2**20
+# Above this many pixels (and above the original's), the resized image is not materialised.
+_FULL_RESIZE_PIXELS = 2**24
+for _name, _value in (("PIXELS", MAX_PIXELS), ("WIDTH", MAX_SIDE), ("HEIGHT", MAX_SIDE)):
+    os.environ.setdefault(f"OPENCV_IO_MAX_IMAGE_{_name}", str(_value))  # read at first decode
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 COLORMAP = cv2.COLORMAP_VIRIDIS
 _UNICODE_TEXT = int(cv2.__version__.split(".")[0]) >= 5  # OpenCV 5's putText draws any UTF-8
@@ -48,17 +69,26 @@ _UNICODE_TEXT = int(cv2.__version__.split(".")[0]) >= 5  # OpenCV 5's putText dr
 # ---------------------------------------------------------------------------------------- loading
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as uint8 RGB (H, W, 3), EXIF orientation applied, alpha over white."""
+    """Read an image file as uint8 RGB (H, W, 3), EXIF orientation applied, alpha over white.
+
+    Only regular files are read; the declared size is checked against the caps (MAX_FILE_BYTES,
+    MAX_SIDE, MAX_PIXELS) before any pixel is allocated. BadImageError (one line) otherwise.
+    """
     path = Path(path)
-    data = _read_bytes(path)
-    size = _header_size(data)
-    if size is not None:
-        _check_pixels(path, *size)
-    image, exif = _decode(data)
+    with _open_regular(path) as file:
+        width, height = _declared_size(file, path)
+        _check_size(path, width, height)
+        data = _read_capped(file, path)
+    try:
+        image, exif = _decode(data)
+    except MemoryError:
+        raise BadImageError(f"{path}: out of memory while decoding; downscale the image or free "
+                            "memory") from None
+    del data  # the file bytes are not needed for the conversions below
     if image is None or image.size == 0:
         raise BadImageError(f"{path}: not a readable image (unknown format, or a truncated or "
                             "corrupt file); check the file or re-save it as PNG or JPEG")
-    _check_pixels(path, image.shape[1], image.shape[0])
+    _check_size(path, image.shape[1], image.shape[0])
     return _to_rgb8(_orient(image, _exif_orientation(exif)), path)
 
 
@@ -72,7 +102,12 @@ def collect_images(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list
     problems: list[str] = []
     seen: set[Path] = set()
     for entry in map(Path, paths):
-        if entry.is_dir():
+        try:
+            kind = "folder" if entry.is_dir() else "file" if entry.exists() else None
+        except OSError as exc:  # e.g. inside a folder we may not enter
+            problems.append(f"{entry}: cannot read it ({exc.strerror}); check its permissions")
+            continue
+        if kind == "folder":
             try:
                 found = sorted(p for p in entry.iterdir()
                                if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
@@ -82,8 +117,8 @@ def collect_images(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list
             if not found:
                 kinds = ", ".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
                 problems.append(f"{entry}: folder contains no images ({kinds})")
-        elif entry.exists():
-            found = [entry]
+        elif kind == "file":
+            found = [entry]  # a FIFO or device given explicitly is refused by load_image
         else:
             problems.append(f"{entry}: no such file or folder")
             continue
@@ -95,22 +130,109 @@ def collect_images(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list
     return files, problems
 
 
-def _read_bytes(path: Path) -> bytes:
-    if path.is_dir():
-        raise BadImageError(f"{path}: is a folder, not an image file; pass the image files in it")
-    if not path.exists():
-        raise BadImageError(f"{path}: no such file; check the path")
+def _open_regular(path: Path) -> BinaryIO:
+    """Open a regular, non-empty file of at most MAX_FILE_BYTES for reading, or BadImageError.
+
+    os.stat comes first, so a FIFO or device is refused without being opened (opening a FIFO
+    blocks until a writer appears); O_NONBLOCK and fstat cover a file swapped in meanwhile.
+    """
     try:
-        data = path.read_bytes()
+        info = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise BadImageError(f"{path}: no such file; check the path") from None
+    except OSError as exc:
+        raise BadImageError(f"{path}: cannot access the file ({exc.strerror}); check its "
+                            "permissions") from None
+    _check_file_stat(path, info)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except OSError as exc:
         raise BadImageError(f"{path}: cannot read the file ({exc.strerror}); check its "
                             "permissions") from None
+    file = os.fdopen(fd, "rb")
+    try:
+        _check_file_stat(path, os.fstat(fd))
+    except BaseException:
+        file.close()
+        raise
+    return file
+
+
+def _check_file_stat(path: Path, info: os.stat_result) -> None:
+    if stat.S_ISDIR(info.st_mode):
+        raise BadImageError(f"{path}: is a folder, not an image file; pass the image files in it")
+    if not stat.S_ISREG(info.st_mode):
+        raise BadImageError(f"{path}: is {file_kind(info.st_mode)}, not a regular file; pass an "
+                            "image file")
+    if info.st_size == 0:
+        raise BadImageError(f"{path}: empty file (0 bytes); re-export or re-download the image")
+    if info.st_size > MAX_FILE_BYTES:
+        raise BadImageError(f"{path}: {info.st_size:,} bytes, over the limit of "
+                            f"{MAX_FILE_BYTES:,}; re-save the image compressed (PNG or JPEG)")
+
+
+def _read_capped(file: BinaryIO, path: Path) -> bytes:
+    """All the bytes of an open file, refusing one that grew past MAX_FILE_BYTES meanwhile."""
+    try:
+        file.seek(0)
+        data = file.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise BadImageError(f"{path}: cannot read the file ({exc.strerror}); check the "
+                            "file") from None
     if not data:
         raise BadImageError(f"{path}: empty file (0 bytes); re-export or re-download the image")
+    if len(data) > MAX_FILE_BYTES:
+        raise BadImageError(f"{path}: over the limit of {MAX_FILE_BYTES:,} bytes; re-save the "
+                            "image compressed (PNG or JPEG)")
     return data
 
 
-def _check_pixels(path: Path, width: int, height: int) -> None:
+def _declared_size(file: BinaryIO, path: Path) -> tuple[int, int]:
+    """(width, height) declared by the file's header, read by Pillow without decoding pixels.
+
+    For GIF, Pillow's size is the logical screen grown to the first frame's extent: the canvas
+    a decoder allocates. TIFF files Pillow cannot open (float RGB, ...) are sized from their
+    first IFD, read with Pillow's TIFF tag parser. Unknown formats raise BadImageError.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # DecompressionBombWarning: MAX_PIXELS decides
+        try:
+            with Image.open(file) as opened:
+                return opened.size
+        except Image.DecompressionBombError:
+            raise BadImageError(f"{path}: declares far more pixels than the limit of "
+                                f"{MAX_PIXELS:,}; downscale the image first") from None
+        except Exception:  # Pillow raises many unrelated types on garbage; all mean "unknown"
+            size = _tiff_size(file)
+    if size is None:
+        raise BadImageError(f"{path}: not a readable image (unknown format, or a truncated or "
+                            "corrupt file); check the file or re-save it as PNG or JPEG")
+    return size
+
+
+def _tiff_size(file: BinaryIO) -> tuple[int, int] | None:
+    """(ImageWidth, ImageLength) of the first IFD of a TIFF file, or None."""
+    try:
+        file.seek(0)
+        header = file.read(8)
+        if header[:4] not in (b"II*\x00", b"MM\x00*"):
+            return None
+        ifd = TiffImagePlugin.ImageFileDirectory_v2(header)
+        file.seek(ifd.next)
+        ifd.load(file)
+        width, height = ifd.get(256), ifd.get(257)  # ImageWidth, ImageLength
+    except Exception:  # a damaged IFD: Pillow raises struct, value and OS errors
+        return None
+    if not all(isinstance(v, int) and v > 0 for v in (width, height)):
+        return None
+    return width, height
+
+
+def _check_size(path: Path, width: int, height: int) -> None:
+    """BadImageError when width x height breaks MAX_SIDE or MAX_PIXELS."""
+    if max(width, height) > MAX_SIDE:
+        raise BadImageError(f"{path}: {width}x{height} has a side over the limit of {MAX_SIDE:,} "
+                            "pixels; downscale or crop the image first")
     if width * height > MAX_PIXELS:
         raise BadImageError(f"{path}: {width}x{height} is {width * height:,} pixels, over the "
                             f"limit of {MAX_PIXELS:,}; downscale the image first")
@@ -139,7 +261,9 @@ def _decode(data: bytes) -> tuple[np.ndarray | None, bytes]:
                         if k == cv2.IMAGE_METADATA_EXIF]
                 return image, exif[0] if exif else b""
             return cv2.imdecode(buf, cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH), b""
-    except cv2.error:
+    except cv2.error as exc:
+        if "alloc" in str(exc).lower() or "memory" in str(exc).lower():
+            raise MemoryError("out of memory while decoding the image") from None
         return None, b""
 
 
@@ -161,89 +285,25 @@ def _orient(image: np.ndarray, orientation: int) -> np.ndarray:
 
 
 def _exif_orientation(exif: bytes) -> int:
-    """The Orientation tag (1..8) of an EXIF block (TIFF structure), 1 when absent or unreadable."""
-    if exif.startswith(b"Exif\x00\x00"):
-        exif = exif[6:]
-    return _tiff_tags(exif, {0x0112}).get(0x0112, 1)
-
-
-def _tiff_tags(data: bytes, wanted: set[int]) -> dict[int, int]:
-    """SHORT/LONG values of the `wanted` tags in the first IFD of TIFF-structured bytes."""
-    if data[:4] not in (b"II*\x00", b"MM\x00*"):
-        return {}
-    order = "<" if data[:2] == b"II" else ">"
-    found = {}
-    try:
-        (ifd,) = struct.unpack_from(order + "I", data, 4)
-        (count,) = struct.unpack_from(order + "H", data, ifd)
-        for k in range(count):
-            tag, kind, _, value = struct.unpack_from(order + "HHI4s", data, ifd + 2 + 12 * k)
-            if tag in wanted and kind in (3, 4):  # 3: SHORT, 4: LONG
-                found[tag] = struct.unpack_from(order + ("H" if kind == 3 else "I"), value)[0]
-    except struct.error:
-        pass
-    return found
-
-
-def _header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a PNG, JPEG, BMP, WebP or TIFF header; None for other or odd files."""
-    try:
-        if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
-            return struct.unpack_from(">II", data, 16)
-        if data[:2] == b"\xff\xd8":
-            return _jpeg_size(data)
-        if data[:2] == b"BM":
-            fmt = "<HH" if struct.unpack_from("<I", data, 14)[0] == 12 else "<ii"
-            width, height = struct.unpack_from(fmt, data, 18)
-            return abs(width), abs(height)
-        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-            return _webp_size(data)
-        tags = _tiff_tags(data, {256, 257})  # ImageWidth, ImageLength
-        if len(tags) == 2:
-            return tags[256], tags[257]
-    except struct.error:
-        pass
-    return None
-
-
-_JPEG_SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # frame headers (not DHT, JPG, DAC)
-
-
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    i = 2
-    while i + 4 <= len(data) and data[i] == 0xFF:
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-        elif marker == 0x01 or 0xD0 <= marker <= 0xD9:  # markers without a length
-            i += 2
-        elif marker in _JPEG_SOF:
-            height, width = struct.unpack_from(">HH", data, i + 5)
-            return width, height
-        elif marker == 0xDA:  # start of scan before any frame header: not a JPEG we know
-            return None
-        else:
-            i += 2 + struct.unpack_from(">H", data, i + 2)[0]
-    return None
-
-
-def _webp_size(data: bytes) -> tuple[int, int] | None:
-    chunk = data[12:16]
-    if chunk == b"VP8X":
-        return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
-    if chunk == b"VP8L":
-        bits = struct.unpack_from("<I", data, 21)[0]
-        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
-    if chunk == b"VP8 ":
-        width, height = struct.unpack_from("<HH", data, 26)
-        return width & 0x3FFF, height & 0x3FFF
-    return None
+    """The Orientation tag (1..8) of the EXIF block OpenCV returned (parsed by Pillow); 1 when
+    absent or unreadable."""
+    if not exif:
+        return 1
+    tags = Image.Exif()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow warns about damaged IFDs
+        try:
+            tags.load(exif)
+            value = tags.get(0x0112, 1)
+        except Exception:  # a damaged EXIF block: keep the image as stored
+            return 1
+    return value if isinstance(value, int) and value in _ORIENTATIONS else 1
 
 
 def _to_rgb8(image: np.ndarray, path: Path) -> np.ndarray:
     """Raw OpenCV array (H, W[, C]) gray/GA/BGR/BGRA, 8/16-bit/float -> uint8 RGB (H, W, 3)."""
     if image.dtype == np.uint16:
-        image = ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
+        image = cv2.convertScaleAbs(image, alpha=1 / 257)  # round(v / 257), exact for all v
     elif image.dtype.kind == "f":
         image = (np.clip(np.nan_to_num(image), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     elif image.dtype != np.uint8:
@@ -256,12 +316,21 @@ def _to_rgb8(image: np.ndarray, path: Path) -> np.ndarray:
         raise BadImageError(f"{path}: {channels} channels is not a photo; convert it to RGB")
     color = image[:, :, :1] if channels <= 2 else image[:, :, 2::-1]  # gray or BGR -> RGB
     color = np.broadcast_to(color, image.shape[:2] + (3,))
-    if channels in (2, 4):
-        alpha = image[:, :, -1:]
-        if alpha.min() < 255:
-            a = alpha.astype(np.uint16)
-            color = (color * a + 255 * (255 - a) + 127) // 255  # over white, rounded
+    if channels in (2, 4) and image[:, :, -1].min() < 255:
+        return _over_white(color, image[:, :, -1:])
     return np.ascontiguousarray(color, dtype=np.uint8)
+
+
+def _over_white(color: np.ndarray, alpha: np.ndarray, rows: int = 512) -> np.ndarray:
+    """uint8 colour (H, W, 3) with uint8 alpha (H, W, 1) over white, rounded: uint8 (H, W, 3).
+
+    Done in blocks of `rows` rows, so the uint16 temporaries stay small on huge images.
+    """
+    out = np.empty(color.shape, np.uint8)
+    for top in range(0, color.shape[0], rows):
+        a = alpha[top:top + rows].astype(np.uint16)
+        out[top:top + rows] = (color[top:top + rows] * a + 255 * (255 - a) + 127) // 255
+    return out
 
 
 # ---------------------------------------------------------------------------------- preprocessing
@@ -306,13 +375,13 @@ def preprocess(rgb: np.ndarray, card: Mapping[str, Any]) -> tuple[np.ndarray, Ge
     input_size: crop "center") or null, the default (straight to input_size: crop "none");
     color_order "RGB" (default) or "BGR" of the model input.
     """
-    return _preprocess(rgb, _recipe(card))
+    return _preprocess(rgb, card_recipe(card))
 
 
 def batch_preprocess(images: Iterable[np.ndarray], card: Mapping[str, Any]
                      ) -> tuple[np.ndarray, list[Geometry]]:
     """Several uint8 RGB images -> float32 (N, 3, h, w) or (N, h, w, 3), and N Geometry."""
-    recipe = _recipe(card)
+    recipe = card_recipe(card)
     results = [_preprocess(rgb, recipe) for rgb in images]
     if not results:
         raise ValueError("batch_preprocess needs at least one image")
@@ -328,6 +397,8 @@ def to_original(saliency_hw: np.ndarray, geometry: Geometry) -> np.ndarray:
     top, left, h, w = geometry.crop_box
     if saliency.shape != (h, w):
         raise ValueError(f"saliency map has shape {saliency.shape}, the model input is {(h, w)}")
+    if not _materialise(geometry):
+        return _uncrop_warp(saliency, geometry)
     full = np.zeros(geometry.resized_size, np.float32)
     full[top:top + h, left:left + w] = saliency
     height, width = geometry.original_size
@@ -336,9 +407,53 @@ def to_original(saliency_hw: np.ndarray, geometry: Geometry) -> np.ndarray:
     return full
 
 
+def _materialise(geometry: Geometry) -> bool:
+    """Whether the full resized image is small enough to allocate: no larger than the original,
+    or at most _FULL_RESIZE_PIXELS. Only upscaling an extreme aspect ratio fails this."""
+    (hr, wr), (h0, w0) = geometry.resized_size, geometry.original_size
+    return hr * wr <= max(h0 * w0, _FULL_RESIZE_PIXELS)
+
+
+def _crop_warp(image: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """The crop of the INTER_LINEAR-resized image, computed alone: (h, w[, C]) like `image`.
+
+    Same sampling as cv2.resize (pixel centres: src = (dst + 0.5) * scale - 0.5, edges
+    replicated); warpAffine's 1/32-pixel weights differ from resize's by about one grey level.
+    """
+    top, left, h, w = geometry.crop_box
+    (hr, wr), (h0, w0) = geometry.resized_size, geometry.original_size
+    sx, sy = w0 / wr, h0 / hr
+    matrix = np.float64([[sx, 0, (left + 0.5) * sx - 0.5], [0, sy, (top + 0.5) * sy - 0.5]])
+    return cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
+def _uncrop_warp(saliency: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """to_original without the full resized map: float32 (H0, W0).
+
+    The (h, w) map gets a one-pixel ring of zeros where the crop is inside the resized image
+    (outside the crop is 0) and of its own edge where the crop reaches the border (cv2.resize
+    replicates borders), then warpAffine samples it at the original pixel centres.
+    """
+    top, left, h, w = geometry.crop_box
+    (hr, wr), (h0, w0) = geometry.resized_size, geometry.original_size
+    pads = [(1, 1), (1, 1)]
+    padded = np.pad(saliency, pads, mode="edge")
+    inner = [top > 0, top + h < hr, left > 0, left + w < wr]
+    for side, (axis, end) in zip(inner, [(0, 0), (0, -1), (1, 0), (1, -1)]):
+        if side:
+            np.moveaxis(padded, axis, 0)[end] = 0.0
+    sx, sy = wr / w0, hr / h0
+    matrix = np.float64([[sx, 0, 0.5 * sx - 0.5 - left + 1], [0, sy, 0.5 * sy - 0.5 - top + 1]])
+    return cv2.warpAffine(padded, matrix, (w0, h0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
 def model_view(rgb: np.ndarray, geometry: Geometry) -> np.ndarray:
     """The part of uint8 RGB (H0, W0, 3) the model sees, resized and cropped: uint8 (h, w, 3)."""
     top, left, h, w = geometry.crop_box
+    if not _materialise(geometry):
+        return _crop_warp(np.asarray(rgb), geometry)
     return _resize(rgb, geometry.resized_size)[top:top + h, left:left + w]
 
 
@@ -346,7 +461,7 @@ def scale_model_view(views: np.ndarray, card: Mapping[str, Any]) -> np.ndarray:
     """Model-view images, uint8 RGB (N, h, w, 3) or (h, w, 3) already at the model input size
     (see model_view), -> float32 model input (N, 3, h, w) or (N, h, w, 3): the colour order,
     scaling and layout of `preprocess`, without resizing or cropping again."""
-    recipe = _recipe(card)
+    recipe = card_recipe(card)
     v = np.asarray(views)
     if v.ndim == 3:
         v = v[None]
@@ -378,10 +493,25 @@ def labels_to_original(labels_hw: np.ndarray, geometry: Geometry) -> np.ndarray:
     """An int label map (h, w) at model input resolution -> int32 (H0, W0), nearest neighbour;
     outside the crop: -1."""
     top, left, h, w = geometry.crop_box
+    height, width = geometry.original_size
+    if not _materialise(geometry):
+        return _uncrop_nearest(np.asarray(labels_hw, np.int32), geometry)
     full = np.full(geometry.resized_size, -1, np.int32)
     full[top:top + h, left:left + w] = labels_hw
-    height, width = geometry.original_size
     return cv2.resize(full, (width, height), interpolation=cv2.INTER_NEAREST)
+
+
+def _uncrop_nearest(labels: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """labels_to_original without the full resized map, with cv2's INTER_NEAREST indices
+    (source index floor(dst * src_size / dst_size), clamped): int32 (H0, W0)."""
+    top, left, h, w = geometry.crop_box
+    (hr, wr), (h0, w0) = geometry.resized_size, geometry.original_size
+    rows = np.minimum(np.floor(np.arange(h0) * (1.0 / (h0 / hr))).astype(np.int64), hr - 1) - top
+    cols = np.minimum(np.floor(np.arange(w0) * (1.0 / (w0 / wr))).astype(np.int64), wr - 1) - left
+    out = np.full((h0, w0), -1, np.int32)
+    r_in, c_in = (rows >= 0) & (rows < h), (cols >= 0) & (cols < w)
+    out[np.ix_(r_in, c_in)] = labels[np.ix_(rows[r_in], cols[c_in])]
+    return out
 
 
 def _preprocess(rgb: np.ndarray, recipe: _Recipe) -> tuple[np.ndarray, Geometry]:
@@ -414,7 +544,7 @@ def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
-def _recipe(card: Mapping[str, Any]) -> _Recipe:
+def card_recipe(card: Mapping[str, Any]) -> _Recipe:
     """Validate the card fields preprocessing uses; BadOptionError names the bad field.
 
     layout, input_size and scaling are required; resize, crop and color_order have defaults,
@@ -584,17 +714,17 @@ def write_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
                                [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
         raise ValueError(f"OpenCV could not encode an image of shape {image.shape} as PNG")
-    _atomic_write(path, lambda f: f.write(encoded.tobytes()))
+    atomic_write(path, lambda f: f.write(encoded.tobytes()))
 
 
 def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     """Write an array as .npy (no pickles), atomically."""
-    _atomic_write(path, lambda f: np.save(f, np.asarray(array), allow_pickle=False))
+    atomic_write(path, lambda f: np.save(f, np.asarray(array), allow_pickle=False))
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write obj as indented JSON (NumPy scalars and arrays allowed), atomically."""
-    _atomic_write(path, lambda f: f.write(
+    atomic_write(path, lambda f: f.write(
         (json.dumps(obj, indent=2, default=_json_default) + "\n").encode("utf-8")))
 
 
@@ -604,26 +734,3 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot write a {type(value).__name__} as JSON")
-
-
-def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
-    """Write via a temp file in the destination folder and os.replace; no partial file is left."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-@functools.cache
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask

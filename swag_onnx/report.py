@@ -1,4 +1,5 @@
-"""What `swag-onnx evaluate` writes at the end: summary.md, curves.png and overlays.png.
+"""What `swag-onnx evaluate` writes at the end: summary.md, curves.png, overlays.png and
+report.html (swag_onnx.html).
 
 Everything is computed from results.csv and the saved curves and thumbnails (see
 swag_onnx.evaluate), so a resumed run reports on all its rows without recomputing any.
@@ -14,12 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from swag_onnx import html
+from swag_onnx.files import atomic_write
 from swag_onnx import images as imgs
-from swag_onnx.evaluate import CURVE_METRICS, HIGHER_IS_BETTER, METRICS, TOP1_METRICS
+from swag_onnx.metrics import registry
 
-TITLES = {"deletion": "deletion AUC", "insertion": "insertion AUC", "sic": "SIC AUC",
-          "aic": "AIC AUC", "pointing": "pointing accuracy",
-          "class-sensitivity": "class sensitivity"}
 MAX_OVERLAY_ROWS = 12
 STD_DDOF = 0  # population std, as swag_onnx.metrics.sensitivity.summarize
 GRID_POINTS = 101  # mean curves are interpolated on this many x in [0, 1]
@@ -37,29 +37,27 @@ class Stat:
     skipped: int = 0
 
 
-def pointing_score(pairs) -> tuple[float, dict]:
-    """(mean of per-class accuracies, {class: accuracy}) of (class name, hit) pairs."""
-    from swag_onnx.metrics.pointing import pointing_accuracy
+def higher_is_better(row: str) -> bool:
+    return registry.rows_info()[row].higher_is_better
 
-    result = pointing_accuracy(pairs)
-    per_class = {k: float(v) for k, v in result["per_class"].items()}
-    return float(result["accuracy"]), per_class
+
+def title(row: str) -> str:
+    return registry.rows_info()[row].title
 
 
 def statistics(rows, methods, metrics) -> dict[tuple[str, str], Stat]:
-    """{(method, metric): Stat} over the rows. Pointing: the mean is the mean of the per-class
-    accuracies (TorchRay), the std that of the per-class accuracies, n the number of tests."""
+    """{(method, metric row): Stat} over the rows: the metric's own aggregate (the pointing
+    game: mean and std of the per-class accuracies, n the number of tests), else the mean and
+    population std of the finite values (NaN values are counted as skipped)."""
     stats = {}
     for method in methods:
         for metric in metrics:
             mine = [r for r in rows if r["method"] == method and r["metric"] == metric]
             if not mine:
                 continue
-            if metric == "pointing":
-                mean, per_class = pointing_score((r["label"], r["value"] > 0.5) for r in mine)
-                spread = list(per_class.values())
-                std = float(np.std(spread, ddof=STD_DDOF)) if spread else float("nan")
-                stats[method, metric] = Stat(mean, std, len(mine))
+            aggregate = registry.owner(metric).aggregate
+            if aggregate is not None:
+                stats[method, metric] = Stat(*aggregate(mine))
                 continue
             values = np.array([r["value"] for r in mine], np.float64)
             used = values[np.isfinite(values)]
@@ -70,11 +68,11 @@ def statistics(rows, methods, metrics) -> dict[tuple[str, str], Stat]:
 
 
 def seconds_per_image(rows, method) -> float:
-    """Mean seconds of one top-1 explanation of `method` (pointing's own when it is alone)."""
-    per_image = {}
-    for r in rows:
-        if r["method"] == method and r["metric"] in TOP1_METRICS:
-            per_image[r["image"]] = r["seconds"]
+    """Mean seconds of one top-1 explanation of `method` (a localisation metric's own when it
+    is alone)."""
+    per_class = {row for m in registry.METRICS.values() if m.per_class for row in m.rows}
+    per_image = {r["image"]: r["seconds"] for r in rows
+                 if r["method"] == method and r["metric"] not in per_class}
     if not per_image:
         per_image = {(r["image"], r["label"]): r["seconds"] for r in rows
                      if r["method"] == method}
@@ -85,16 +83,16 @@ def ranking(stats, methods, metric) -> list[tuple[str, float]]:
     """Methods with a value for `metric`, best first (ties keep the given order)."""
     scored = [(m, stats[m, metric].mean) for m in methods
               if (m, metric) in stats and np.isfinite(stats[m, metric].mean)]
-    sign = -1.0 if HIGHER_IS_BETTER[metric] else 1.0
+    sign = -1.0 if higher_is_better(metric) else 1.0
     return sorted(scored, key=lambda mv: sign * mv[1])
 
 
-def _fmt(value: float, digits: int = 3) -> str:
+def fmt(value: float, digits: int = 3) -> str:
     return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
 
 
 def protocol_lines(settings: dict, metrics) -> list[str]:
-    """Every protocol choice of the chosen metrics, in words."""
+    """Every protocol choice of the chosen metrics (row names), in words."""
     p, model, methods = settings["protocol"], settings["model"], settings["methods"]
     h, w = p["resolution"]
     lines = [
@@ -105,60 +103,20 @@ def protocol_lines(settings: dict, metrics) -> list[str]:
         "Seconds: one explanation of the explained class (decoding, preprocessing, model run, "
         "method, mapping to the original size), without the metrics.",
     ]
-    if set(metrics) & {"deletion", "insertion", "sic", "aic", "class-sensitivity"}:
-        lines.append(f"Score: {p['score']}; that class (top-1) is the one explained. Maps are "
-                     f"scored at the model input resolution ({h}x{w}), pixels ranked by saliency "
-                     "(ties by row-major index).")
-    if "deletion" in metrics or "insertion" in metrics:
-        points = -(-h * w // p["step"]) + 1
-        lines += [
-            f"Deletion: the top pixels are set to {p['baseline']} in the normalised input "
-            "space (0 = the normalisation's mean colour).",
-            f"Insertion: starts from a Gaussian blur of the input (kernel {p['blur_ksize']}, "
-            f"sigma {p['blur_sigma']}, border {p['blur_border']}) and restores the top pixels.",
-            f"Step: {p['step']} pixels per step ({points} points per curve); AUC: {p['auc']}.",
-        ]
-    if "sic" in metrics or "aic" in metrics:
-        pic = p["pic"]
-        choices = ", ".join(f"{k} {v}" for k, v in pic.items())
-        lines.append(
-            "SIC (softmax probability) / AIC (1 if the class is still top-1, else 0) against "
-            "information content (lossless WebP bytes, normalised between the blurred start "
-            "and the image); the blurred start is not a Gaussian blur but the image "
-            "re-interpolated (Delaunay, linear) from a random fraction mask_fraction of its "
-            "pixels plus the corners, each threshold (fraction of the top pixels revealed) "
-            "re-interpolated with them (reveal 'interpolate') or pasted ('paste'); scores "
-            "normalised by the blurred start's and the image's, running maximum when "
-            "keep_monotonous; AUC by the trapezoid rule on num_points + 1 samples. An image "
-            "whose score on the original is below min_pred_value (or whose blurred start is not "
-            "smaller or scores as high) has no curve: it is counted as skipped and left out of "
-            f"the mean (the reference aggregates the median curve). Settings: {choices}; random "
-            f"pixels seeded per image from seed {p['seed']} and the image name (the same for "
-            "every method).")
-    if "pointing" in metrics:
-        lines.append(
-            f"Pointing game: each annotated class in an image is explained; a hit when the "
-            f"map's argmax at the original image size lies within {p['pointing_tolerance']} px "
-            "of a box of that class; accuracy = mean of the per-class accuracies (std: over "
-            "the classes).")
-    if "class-sensitivity" in metrics:
-        lines.append(
-            "Class sensitivity (NormGrad): Spearman rank correlation between the maps of the "
-            "most and the least probable class (model resolution); lower = more "
-            "class-sensitive.")
-    return lines
+    owners = dict.fromkeys(registry.owner(row) for row in metrics)
+    return lines + [m.protocol(p) for m in owners]
 
 
 def summary_markdown(rows, methods, metrics, settings: dict, run_info: dict) -> str:
     """summary.md: means and stds, time, rankings, the protocol and a benchmark line."""
     stats = statistics(rows, methods, metrics)
     images = sorted({r["image"] for r in rows})
-    arrows = {m: "↑" if HIGHER_IS_BETTER[m] else "↓" for m in METRICS}
+    arrows = {m: "↑" if higher_is_better(m) else "↓" for m in metrics}
     lines = ["# swag-onnx evaluate", "",
              f"{len(images)} image(s), {len(methods)} method(s), {len(rows)} result row(s). "
              "Mean ± std over the images (population std, ddof 0); ↑ higher is better, "
              "↓ lower is better.", "",
-             "| method | " + " | ".join(f"{TITLES[m]} {arrows[m]}" for m in metrics)
+             "| method | " + " | ".join(f"{title(m)} {arrows[m]}" for m in metrics)
              + " | s / explanation |",
              "|---|" + "---:|" * (len(metrics) + 1)]
     for method in methods:
@@ -166,33 +124,60 @@ def summary_markdown(rows, methods, metrics, settings: dict, run_info: dict) -> 
         for metric in metrics:
             s = stats.get((method, metric))
             skipped = f", {s.skipped} skipped" if s is not None and s.skipped else ""
-            cells.append("" if s is None else f"{_fmt(s.mean)} ± {_fmt(s.std)} (n={s.n}{skipped})")
+            cells.append("" if s is None else f"{fmt(s.mean)} ± {fmt(s.std)} (n={s.n}{skipped})")
         lines.append(f"| {method} | " + " | ".join(cells)
-                     + f" | {_fmt(seconds_per_image(rows, method), 3)} |")
+                     + f" | {fmt(seconds_per_image(rows, method), 3)} |")
     lines += ["", "## Ranking", ""]
     for metric in metrics:
         order = ranking(stats, methods, metric)
         if not order:
             continue
-        direction = "higher is better" if HIGHER_IS_BETTER[metric] else "lower is better"
-        if metric == "class-sensitivity":
-            direction = "lower = more class-sensitive"
-        places = [1 + sum(1 for _, w in order if _fmt(w) != _fmt(v) and
-                          (w > v if HIGHER_IS_BETTER[metric] else w < v)) for _, v in order]
-        lines.append(f"- {TITLES[metric]} ({direction}): "
-                     + ", ".join(f"{k}. {m} ({_fmt(v)})" for k, (m, v) in zip(places, order)))
-    if "pointing" in metrics:
-        lines += ["", "## Pointing game per class", ""]
-        for method in methods:
-            mine = [(r["label"], r["value"] > 0.5) for r in rows
-                    if r["method"] == method and r["metric"] == "pointing"]
-            if mine:
-                _, per_class = pointing_score(mine)
-                lines.append(f"- {method}: " + ", ".join(f"{k} {_fmt(v, 2)}"
-                                                          for k, v in sorted(per_class.items())))
+        direction = "higher is better" if higher_is_better(metric) else "lower is better"
+        places = [1 + sum(1 for _, w in order if fmt(w) != fmt(v) and
+                          (w > v if higher_is_better(metric) else w < v)) for _, v in order]
+        lines.append(f"- {title(metric)} ({direction}): "
+                     + ", ".join(f"{k}. {m} ({fmt(v)})" for k, (m, v) in zip(places, order)))
+    lines += _per_class_lines(rows, methods, metrics)
+    lines += _control_lines(stats, methods, metrics)
     lines += ["", "## Protocol", ""] + [f"- {line}" for line in protocol_lines(settings, metrics)]
     lines += ["", "## Benchmark", "", "- " + benchmark_line(run_info)]
     return "\n".join(lines) + "\n"
+
+
+def _control_lines(stats, methods, metrics) -> list[str]:
+    """The metrics on which a control map (random, center) beats a real method."""
+    flags = html.control_flags(stats, methods, metrics, metric_info(metrics))
+    present = [m for m in methods if m in html.CONTROLS]
+    if not present:
+        return []
+    lines = ["", "## Controls", ""]
+    for metric, beaten in flags.items():
+        who = "; ".join(f"{control} beats {', '.join(losers)}"
+                        for control, losers in beaten.items())
+        lines.append(f"- {title(metric)}: {who}. This metric does not separate methods on "
+                     "this model.")
+    if not flags:
+        lines.append(f"- Every real method beats the controls ({', '.join(present)}) on every "
+                     "metric.")
+    return lines
+
+
+def _per_class_lines(rows, methods, metrics) -> list[str]:
+    """Per-class means of the localisation metrics (one row per annotated class)."""
+    lines = []
+    for metric in metrics:
+        if not registry.owner(metric).per_class:
+            continue
+        lines += ["", f"## {title(metric)} per class", ""]
+        for method in methods:
+            by_class: dict[str, list[float]] = {}
+            for r in rows:
+                if r["method"] == method and r["metric"] == metric:
+                    by_class.setdefault(r["label"], []).append(r["value"])
+            if by_class:
+                lines.append(f"- {method}: " + ", ".join(
+                    f"{k} {fmt(float(np.nanmean(v)), 2)}" for k, v in sorted(by_class.items())))
+    return lines
 
 
 def benchmark_line(run_info: dict) -> str:
@@ -227,7 +212,7 @@ def plot_curves(path: Path, out_dir: Path, rows, methods, metrics) -> bool:
     from matplotlib import colormaps
     from matplotlib.figure import Figure
 
-    panels = [m for m in CURVE_METRICS if m in metrics]
+    panels = [m for m in metrics if registry.owner(m).curves]
     if not panels:
         return False
     stats = statistics(rows, methods, panels)
@@ -246,17 +231,14 @@ def plot_curves(path: Path, out_dir: Path, rows, methods, metrics) -> bool:
                                 for i in images])
             if curve is None:
                 continue
-            ax.plot(grid, curve, label=f"{method} ({_fmt(stats[method, metric].mean)})",
+            ax.plot(grid, curve, label=f"{method} ({fmt(stats[method, metric].mean)})",
                     color=colormaps["tab20"](k % 20), linestyle="-" if k < 20 else "--",
                     linewidth=2.0 if method.startswith("swag") else 1.2)  # SWAG stands out
-        better = "higher" if HIGHER_IS_BETTER[metric] else "lower"
+        better = "higher" if higher_is_better(metric) else "lower"
         ax.set_title(f"{metric} (AUC {better} is better)")
-        ax.set_xlabel("information content (normalised)" if metric in ("sic", "aic")
-                      else "fraction of pixels " + ("deleted" if metric == "deletion"
-                                                     else "inserted"))
-        ax.set_ylabel({"sic": "normalised probability of the top-1 class",
-                       "aic": "accuracy (top-1 class kept)"}.get(metric,
-                                                                 "probability of the top-1 class"))
+        xlabel, ylabel = registry.owner(metric).curves
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
@@ -267,7 +249,7 @@ def plot_curves(path: Path, out_dir: Path, rows, methods, metrics) -> bool:
                     ha="center", va="center", fontsize=9, transform=ax.transAxes)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    imgs._atomic_write(path, lambda f: f.write(buffer.getvalue()))
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
     return True
 
 
@@ -311,10 +293,24 @@ def write_report(out_dir: Path, rows, methods, metrics, settings: dict, run_info
     out_dir = Path(out_dir)
     text = summary_markdown(rows, methods, metrics, settings, run_info)
     written = [out_dir / "summary.md"]
-    imgs._atomic_write(written[0], lambda f: f.write(text.encode("utf-8")))
+    atomic_write(written[0], lambda f: f.write(text.encode("utf-8")))
     if plot_curves(out_dir / "curves.png", out_dir, rows, methods, metrics):
         written.append(out_dir / "curves.png")
     images = list(dict.fromkeys(r["image"] for r in rows))
     if overlay_grid(out_dir / "overlays.png", out_dir, images, methods):
         written.append(out_dir / "overlays.png")
+    written.append(html.write_evaluation_page(out_dir, rows, methods, metrics, settings, run_info,
+                                              metric_info(metrics)))
     return written
+
+
+def metric_info(metrics) -> dict[str, dict]:
+    """The registry's facts about each metric row, as the HTML page takes them."""
+    info = {}
+    for row in metrics:
+        owner = registry.owner(row)
+        info[row] = {"title": title(row), "higher_is_better": higher_is_better(row),
+                     "per_class": owner.per_class}
+        if owner.curves:
+            info[row].update(x_label=owner.curves[0], y_label=owner.curves[1])
+    return info

@@ -4,6 +4,12 @@ The only module (with graph/probe.py) that imports onnxruntime. A `ModelRunner` 
 session (predictions) and one session on the augmented model (gradients); the augmented model is
 built on first use and cached under the user's cache folder, keyed by the model's content hash,
 the requested layers and score, so a read-only model folder is never written to.
+
+onnxruntime (1.31) writes a device id and an event database under ~/.cache/Microsoft/
+DeveloperTools/.onnxruntime when it is imported, unless ORT_DISABLE_TELEMETRY is set in the
+environment before that import; importing swag_onnx sets it to 1 (unless already set), so that
+nothing is written outside the output folder and the cache. swag_onnx must then be imported
+before onnxruntime (a later setting has no effect).
 """
 
 from __future__ import annotations
@@ -11,13 +17,17 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
+import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from swag_onnx import __version__
-from swag_onnx.errors import BadOptionError
+from importlib import metadata
+
+from swag_onnx.errors import BadModelError, BadOptionError
 from swag_onnx.graph import SCORE, SEED, Contract, act_name, augment, grad_name
 from swag_onnx.graph.augment import weight_grad_name
 from swag_onnx.graph.model_io import load_model
@@ -26,12 +36,44 @@ PROVIDERS = {"cpu": ["CPUExecutionProvider"],
              "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 
 
+def _quiet_onnxruntime() -> None:
+    """No telemetry files under ~/.cache/Microsoft (read by onnxruntime at its import)."""
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+
+_quiet_onnxruntime()  # swag_onnx/__init__ imports this module before any onnxruntime import
+
+
 def cache_dir() -> Path:
-    """$SWAG_ONNX_CACHE, else $XDG_CACHE_HOME/swag_onnx, else ~/.cache/swag_onnx."""
+    """$SWAG_ONNX_CACHE, else $XDG_CACHE_HOME/swag_onnx, else ~/.cache/swag_onnx; created if
+    missing. BadOptionError (naming the variable) when it cannot be a folder we write to."""
     if os.environ.get("SWAG_ONNX_CACHE"):
-        return Path(os.environ["SWAG_ONNX_CACHE"])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "swag_onnx"
+        folder, source = Path(os.environ["SWAG_ONNX_CACHE"]), "SWAG_ONNX_CACHE"
+    elif os.environ.get("XDG_CACHE_HOME"):
+        folder, source = Path(os.environ["XDG_CACHE_HOME"]) / "swag_onnx", "XDG_CACHE_HOME"
+    else:
+        folder, source = Path.home() / ".cache" / "swag_onnx", "the home folder"
+    _check_cache(folder, source)
+    return folder
+
+
+def _check_cache(folder: Path, source: str) -> None:
+    hint = "point SWAG_ONNX_CACHE at a folder you can write to"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        mode = os.stat(folder).st_mode
+    except (FileExistsError, NotADirectoryError):
+        raise BadOptionError(f"the cache folder {str(folder)!r} (from {source}) is, or is "
+                             f"under, a file; {hint}") from None
+    except OSError as exc:
+        raise BadOptionError(f"cannot create the cache folder {str(folder)!r} (from {source}): "
+                             f"{exc.strerror}; {hint}") from None
+    if not stat.S_ISDIR(mode):
+        raise BadOptionError(f"the cache folder {str(folder)!r} (from {source}) is not a "
+                             f"folder; {hint}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BadOptionError(f"the cache folder {str(folder)!r} (from {source}) is not "
+                             f"writable; {hint}")
 
 
 def file_sha256(path: Path) -> str:
@@ -41,6 +83,12 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+try:
+    __version__ = metadata.version("swag-onnx")
+except metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 
 @functools.lru_cache(maxsize=1)
@@ -67,13 +115,53 @@ def augmented_path(model: Path, layers, score, weights: bool = False) -> Path:
 
 def _with_score_output(path: Path, score: str) -> bytes:
     """The original model, serialised, with the score tensor as an extra output (it may be the
-    input of a final Softmax): predictions then cost one plain forward pass."""
+    input of a final Softmax): predictions then cost one plain forward pass. Its IR version is
+    lowered when onnxruntime reads only older ones (graph.checks.fit_to_runtime)."""
     from onnx import helper
 
+    from swag_onnx.graph.checks import fit_to_runtime
+
     model = load_model(path)
+    fit_to_runtime(model, repr(str(path)))
     if score not in [o.name for o in model.graph.output]:
         model.graph.output.append(helper.make_empty_tensor_value_info(score))
     return model.SerializeToString()
+
+
+_warned: set[str] = set()  # notes already printed on stderr (once per process)
+
+
+def _note_once(text: str) -> None:
+    if text not in _warned:
+        _warned.add(text)
+        print(f"note: {text}", file=sys.stderr)
+
+
+def _cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a container's share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _thread_count(threads) -> int | None:
+    """--threads checked (an integer >= 1) and capped at the cores, said once on stderr."""
+    if threads is None:
+        return None
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise BadOptionError(f"--threads must be an integer >= 1, got {threads!r}")
+    cores = _cores()
+    if threads > cores:
+        _note_once(f"--threads {threads} capped at this machine's {cores} cores")
+    return min(threads, cores)
+
+
+def _runtime_message(exc: Exception) -> str:
+    """onnxruntime's error, first line, without its status prefix and C++ source location."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    return re.sub(r"^\S+\.(?:cc|h|cpp):\d+ .*?\) (?=\S)", "", text)
 
 
 def _session(path: Path | bytes, provider: str, threads: int | None):
@@ -83,17 +171,33 @@ def _session(path: Path | bytes, provider: str, threads: int | None):
         raise BadOptionError(f"unknown provider {provider!r}; use auto, cpu or cuda")
     ort.set_default_logger_severity(4)  # a CPU-only machine must not print CUDA load errors
     options = ort.SessionOptions()
+    threads = _thread_count(threads)
     if threads:
         options.intra_op_num_threads = threads
     available = ort.get_available_providers()
     wanted = PROVIDERS["cuda"] if provider in ("auto", "cuda") else PROVIDERS["cpu"]
     source = path if isinstance(path, bytes) else str(path)
-    session = ort.InferenceSession(source, options,
-                                   providers=[p for p in wanted if p in available])
+    try:
+        session = ort.InferenceSession(source, options,
+                                       providers=[p for p in wanted if p in available])
+    except Exception as exc:  # onnxruntime's own types (Fail, InvalidGraph, NotImplemented...)
+        where = "" if isinstance(path, bytes) else f" {str(path)!r}"
+        raise BadModelError(f"onnxruntime {ort.__version__} cannot load the model{where}: "
+                            f"{_runtime_message(exc)}") from None
     if provider == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
         raise BadOptionError("--provider cuda: CUDA could not be loaded here "
                              "(is onnxruntime-gpu installed with its CUDA libraries?)")
     return session
+
+
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64,
+                "tensor(float16)": np.float16}
+
+
+def _float32(values: np.ndarray) -> np.ndarray:
+    """float16 outputs widened to float32 (maps and metrics compute in float32); others as
+    they are."""
+    return values.astype(np.float32) if values.dtype == np.float16 else values
 
 
 @dataclass
@@ -108,50 +212,97 @@ class GradientOutputs:
 
 
 class ModelRunner:
-    """Plain and gradient sessions on one model (augmented on first use, cached)."""
+    """Plain and gradient sessions on one model. The model is augmented (and cached) only when a
+    gradient is first asked for: predictions, black-box methods and metrics run on any model
+    onnxruntime loads. Batches and seeds are fed in the image input's element type (float16
+    models), and every array returned is float32."""
 
     def __init__(self, model: str | os.PathLike, layers=("auto",), score: str | None = None,
                  provider: str = "auto", threads: int | None = None):
-        import onnx
+        from swag_onnx.graph.analysis import basic_info
 
         self.model = Path(model)
-        grad_model = augmented_path(self.model, tuple(layers), score)
-        self.contract = Contract.from_model(onnx.load(str(grad_model), load_external_data=False))
-        self.gradient = _session(grad_model, provider, threads)
-        self.provider = self.gradient.get_providers()[0]
+        info = basic_info(load_model(self.model), score)
+        self._basic = Contract(info.image_input, info.layout, info.score, info.num_classes, [])
+        self._augmented = None  # (gradient session, contract), made on first use
         self._plain = None
         self._meta = None  # (session, contract, original parameter values), made on first use
+        self._heads = {}  # layer -> session on the model from that layer on (layer_scores)
         self._options = (provider, threads)
         self._layers_score = (tuple(layers), score)
+
+    @property
+    def contract(self) -> Contract:
+        """The augmented model's contract once it is built; before, the same image input,
+        layout, score and class count with no layers."""
+        return self._augmented[1] if self._augmented is not None else self._basic
+
+    @property
+    def gradient(self):
+        """The session on the augmented model (augmented and cached on first use; raises
+        BadModelError naming the op that cuts the gradient path when there is none)."""
+        if self._augmented is None:
+            import onnx
+
+            grad_model = augmented_path(self.model, *self._layers_score)
+            contract = Contract.from_model(onnx.load(str(grad_model), load_external_data=False))
+            self._augmented = (_session(grad_model, *self._options), contract)
+        return self._augmented[0]
+
+    @property
+    def provider(self) -> str:
+        """The execution provider that runs the model (the plain session's first)."""
+        return self.plain.get_providers()[0]
 
     @property
     def plain(self):
         """A session on the original model (with the score as an output), made on first use."""
         if self._plain is None:
-            self._plain = _session(_with_score_output(self.model, self.contract.score),
+            self._plain = _session(_with_score_output(self.model, self._basic.score),
                                    *self._options)
+            self._input_type = _NUMPY_TYPES.get(
+                {i.name: i.type for i in self._plain.get_inputs()}[self._basic.image_input],
+                np.float32)
         return self._plain
 
     @property
+    def input_type(self):
+        """The NumPy element type of the image input (float32, or float16, float64)."""
+        self.plain  # noqa: B018 (reads the type)
+        return self._input_type
+
+    @property
     def layers(self) -> list[str]:
+        self.gradient  # noqa: B018 (the layers are resolved by the augmentation)
         return self.contract.layers
 
+    @property
+    def requested_layers(self) -> list[str]:
+        """The layers as asked for (names or "auto"), known without augmenting."""
+        return list(self._layers_score[0])
+
     def scores(self, batch: np.ndarray) -> np.ndarray:
-        """Logits [N, K] for a preprocessed batch (the score tensor, before any Softmax)."""
-        return self.plain.run([self.contract.score], {self.contract.image_input: batch})[0]
+        """Logits [N, K] float32 for a preprocessed batch (the score tensor, before any
+        Softmax)."""
+        # the score of the original graph (a QOperator model's float logits exist only in its
+        # augmented QDQ form)
+        feed = {self._basic.image_input: np.asarray(batch, self.input_type)}
+        return _float32(self.plain.run([self._basic.score], feed)[0])
 
     def gradients(self, batch: np.ndarray, seed: np.ndarray) -> GradientOutputs:
         """One forward+backward run: d sum(score * seed) / d (input, layers); an all-zero seed
         row stands for that image's top-1 class."""
+        session = self.gradient
         c = self.contract
         fetch = [SCORE, grad_name(c.image_input)]
         fetch += [act_name(t) for t in c.layers] + [grad_name(t) for t in c.layers]
-        values = self.gradient.run(fetch, {c.image_input: batch, SEED: seed.astype(batch.dtype)})
-        return self._outputs(values)
+        batch = np.asarray(batch, self.input_type)
+        values = session.run(fetch, {c.image_input: batch, SEED: seed.astype(batch.dtype)})
+        return self._outputs([_float32(v) for v in values])
 
     def _outputs(self, values) -> GradientOutputs:
-        n = len(self.contract.layers)
-        layers = self.contract.layers
+        layers = self.layers
+        n = len(layers)
         return GradientOutputs(values[0], values[1], dict(zip(layers, values[2:2 + n])),
                                dict(zip(layers, values[2 + n:2 + 2 * n])))
 
@@ -187,6 +338,7 @@ class ModelRunner:
         fetch = [SCORE, grad_name(image)] + [act_name(t) for t in contract.layers] \
             + [grad_name(t) for t in contract.layers]
         runs = []
+        batch = np.asarray(batch, self.input_type)
         for i in range(len(batch)):
             x = batch[i:i + 1]
             steps = weights_session.run(weight_outputs,
@@ -195,4 +347,25 @@ class ModelRunner:
                        for w, g in zip(contract.weights, steps)}
             runs.append(session.run(fetch, {image: x, SEED: seed[i:i + 1].astype(x.dtype),
                                             **updated}))
-        return self._outputs([np.concatenate(parts) for parts in zip(*runs)])
+        return self._outputs([_float32(np.concatenate(parts)) for parts in zip(*runs)])
+
+    def layer_scores(self, layer: str, acts: np.ndarray, batch: np.ndarray) -> np.ndarray:
+        """Logits [N, K] of the model with `layer`'s activation replaced by `acts` (N, ...; the
+        layer's own layout, as the model computes it); `batch` (N or 1, ...) the preprocessed
+        images, used only where the score also depends on them without passing through the
+        layer (one image is repeated N times). The head session (graph.head.layer_head) is built
+        on first use per layer and kept."""
+        from swag_onnx.graph.head import layer_head
+        from swag_onnx.graph.rules.quantization import as_qdq
+
+        if layer not in self._heads:
+            # on the graph the layers were found in (QOperator models: its QDQ form)
+            head = layer_head(as_qdq(load_model(self.model)), layer, self.contract.score)
+            self._heads[layer] = _session(head.SerializeToString(), *self._options)
+        session = self._heads[layer]
+        inputs = {i.name: _NUMPY_TYPES.get(i.type, np.float32) for i in session.get_inputs()}
+        feeds = {layer: np.ascontiguousarray(acts, dtype=inputs[layer])}
+        if self.contract.image_input in inputs and self.contract.image_input != layer:
+            images = batch if len(batch) == len(acts) else np.repeat(batch[:1], len(acts), 0)
+            feeds[self.contract.image_input] = np.asarray(images, inputs[self.contract.image_input])
+        return _float32(session.run([self.contract.score], feeds)[0])

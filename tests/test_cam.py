@@ -3,9 +3,7 @@
 import numpy as np
 import pytest
 
-from swag_onnx.errors import BadOptionError
 from swag_onnx.methods.cam import (
-    CAM_METHODS,
     combine_layers,
     gradcam,
     gradcam_plus_plus,
@@ -75,7 +73,11 @@ def test_gradcam_plus_plus_hand_case_and_zero_gradient():
 
 def test_maps_are_nonnegative_and_shaped(act_grad):
     act, grad = act_grad
-    for name, fn in CAM_METHODS.items():
+    from swag_onnx.methods.layer_maps import LAYER_MAPS
+
+    for name, (fn, _, _) in LAYER_MAPS.items():
+        if name.startswith("eigen"):  # a projection: signed by design
+            continue
         m = fn(act, grad)
         assert m.shape == (4, 6), name
         assert np.all(m >= 0) and np.all(np.isfinite(m)), name
@@ -102,22 +104,15 @@ def test_combine_layers():
     na, nb = normalize(a), normalize(b)
     np.testing.assert_allclose(combine_layers([a, b], (2, 2), "product"), normalize(na * nb))
     np.testing.assert_allclose(combine_layers([a, b], (2, 2), "sum"), normalize(na + nb))
-    np.testing.assert_allclose(
-        combine_layers([a, b], (2, 2), "sum", weights=[3, 1]), normalize(3 * na + nb)
-    )
     out = combine_layers([a, np.ones((7, 7)) * np.arange(7.0)], (14, 14), "sum")
     assert out.shape == (14, 14) and out.min() == 0 and out.max() == 1
 
 
 def test_combine_layers_bad_options():
     maps = [np.eye(3), np.eye(3)]
-    with pytest.raises(BadOptionError):
+    with pytest.raises(ValueError):
         combine_layers(maps, (3, 3), mode="mean")
-    with pytest.raises(BadOptionError):
-        combine_layers(maps, (3, 3), mode="sum", weights=[1.0])
-    with pytest.raises(BadOptionError):
-        combine_layers(maps, (3, 3), mode="product", weights=[1.0, 1.0])
-    with pytest.raises(BadOptionError):
+    with pytest.raises(ValueError):
         combine_layers([], (3, 3))
 
 

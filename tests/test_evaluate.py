@@ -20,6 +20,7 @@ from swag_onnx import images as imgs
 from swag_onnx import report
 from swag_onnx.cli import app
 from swag_onnx.errors import BadOptionError
+from swag_onnx.metrics import registry as metric_registry
 
 runner = CliRunner()
 METHODS = ["gradient", "gradcam", "swag"]
@@ -27,7 +28,7 @@ RESOLVED = ["gradient", "gradcam", "swag-image"]
 ALL_METRICS = ["deletion", "insertion", "sic", "aic", "class-sensitivity", "pointing"]
 ANNOTATIONS = "image,class,x0,y0,x1,y1\nchelsea.png,tabby,140,20,330,250\n" \
               "coffee.png,espresso,100,50,500,300\ncoffee.png,cup,60,20,560,380\n"
-FAST = ["--step", "2240", "--pic-reveal", "paste", "--pic-min-score", "0.3"]
+FAST = ["--step", "2240", "--pic-reveal", "paste", "--pic-min-score", "0.3", "--no-controls"]
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +99,7 @@ def test_cli_writes_every_output(full_run):
     assert all(np.isfinite(float(r["value"])) for r in rows
                if r["image"] == "coffee" and r["metric"] == "sic")
     for r in rows:  # every finite curve metric has its raw curve
-        if r["metric"] in ev.CURVE_METRICS and np.isfinite(float(r["value"])):
+        if metric_registry.owner(r["metric"]).curves and np.isfinite(float(r["value"])):
             curve = np.load(full_run / "curves" / f"{r['image']}__{r['method']}__{r['metric']}.npy")
             assert curve.shape[0] == 2 and curve[0, 0] == 0.0 and curve[0, -1] == 1.0
     delete = np.load(full_run / "curves" / "coffee__gradient__deletion.npy")
@@ -108,8 +109,8 @@ def test_cli_writes_every_output(full_run):
     for text in RESOLVED + ["deletion AUC ↓", "insertion AUC ↑", "SIC AUC ↑", "AIC AUC ↑",
                             "pointing accuracy ↑", "class sensitivity ↓", "## Ranking",
                             "lower = more class-sensitive", "kernel 11, sigma 5.0",
-                            "2240 pixels per step", "within 15 px", "min_pred_value 0.3",
-                            "reveal paste", "images per minute", "s / explanation",
+                            "2240 pixels per step", "within 15 px", "below 0.3",
+                            "('paste')", "images per minute", "s / explanation",
                             "softmax probability of the class predicted on the clean image"]:
         assert text in summary, text
     settings = ev.load_settings(full_run)
@@ -148,9 +149,8 @@ def test_interrupted_run_keeps_finished_images(photos, full_run, tmp_path, monke
 
     explainer = Explainer()
     items, _ = ev.items_from_paths([photos])
-    protocol = ev.Protocol(step=2240, pic={"reveal": "paste", "min_pred_value": 0.3})
-    options = {"seed": 0, "batch_size": 32, "combine": "product"}  # the CLI's defaults
-    params = ev.method_params(["gradient"], options)
+    options = {"step": 2240, "pic_reveal": "paste", "pic_min_score": 0.3}  # as full_run's
+    plan = ev.plan(["gradient"], ["deletion", "insertion"], options)
     out = tmp_path / "cut"
     real = ev.evaluate_image
     calls = []
@@ -163,21 +163,18 @@ def test_interrupted_run_keeps_finished_images(photos, full_run, tmp_path, monke
 
     monkeypatch.setattr(ev, "evaluate_image", evaluate_image)
     with pytest.raises(KeyboardInterrupt):
-        ev.run(explainer, items, out, ["gradient"], ["deletion", "insertion"],
-               protocol=protocol, method_params=params, options=options)
+        ev.run(explainer, items, out, plan)
     assert {r["image"] for r in ev.read_results(out / "results.csv")} == {"astronaut"}
     monkeypatch.setattr(ev, "evaluate_image", real)
-    report_ = ev.run(explainer, items, out, ["gradient"], ["deletion", "insertion"],
-                     protocol=protocol, method_params=params, options=options)
+    report_ = ev.run(explainer, items, out, plan)
     assert (report_.processed, report_.skipped) == (2, 1) and len(report_.rows) == 6
     # The settings of full_run (another method/metric subset): the same values.
     assert ev.load_settings(out)["settings"] == ev.load_settings(full_run)["settings"]
     mine, full = _values(out / "results.csv"), _values(full_run / "results.csv")
     assert _same(mine, {k: full[k] for k in mine})
     # A later run may add a method: only its rows are computed.
-    more = ["gradient", "gradient-x-input"]
-    report_ = ev.run(explainer, items, out, more, ["deletion", "insertion"], protocol=protocol,
-                     method_params=ev.method_params(more, options), options=options)
+    more = ev.plan(["gradient", "gradient-x-input"], ["deletion", "insertion"], options)
+    report_ = ev.run(explainer, items, out, more)
     assert report_.processed == 3 and len(report_.rows) == 12
     assert _same({k: v for k, v in _values(out / "results.csv").items() if k in mine}, mine)
 
@@ -186,7 +183,7 @@ def test_rerun_with_other_settings_is_refused(photos, full_run, tmp_path):
     out = tmp_path / "other"
     shutil.copytree(full_run, out)
     before = (out / "results.csv").read_bytes()
-    extra = ["--step", "1120", "--pic-reveal", "paste", "--pic-min-score", "0.3"]
+    extra = ["--step", "1120", "--pic-reveal", "paste", "--pic-min-score", "0.3", "--no-controls"]
     result = runner.invoke(app, _args(photos, out, extra=extra))
     assert result.exit_code == 2, result.output
     assert "other settings" in result.output and "protocol.step: 2240 -> 1120" in result.output
@@ -201,13 +198,13 @@ def test_rerun_with_other_settings_is_refused(photos, full_run, tmp_path):
     ("unknown-class", "not among the model's class names"),
     ("out-is-a-file", "is a file"),
     ("unknown-method", "unknown method"),
-    ("option-for-no-method", "--steps does not apply"),
+    ("option-for-no-method", "steps do not apply"),
     ("meta-with-lime", "--meta applies to"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(photos, tmp_path, case, message):
     image = str(photos / "coffee.png")
     out = tmp_path / "o"
-    args = ["evaluate", image, "--out", str(out), "--method", "gradient"]
+    args = ["evaluate", image, "--out", str(out), "--method", "gradient", "--no-controls"]
     if case == "no-images":
         (tmp_path / "empty").mkdir()
         args[1] = str(tmp_path / "empty")
@@ -331,8 +328,9 @@ def test_toy_model_ranks_the_oracle_first(tmp_path):
     toy = ToyExplainer(tmp_path)
     methods = ["noise", "oracle", "inverted", "constant-order"]
     metrics = ["deletion", "insertion", "class-sensitivity"]
-    protocol = ev.Protocol(step=8, batch_size=7)
-    result = ev.run(toy, _toy_items(), tmp_path / "out", methods, metrics, protocol=protocol)
+    plan = ev.Plan(methods, {}, metric_registry.resolve(metrics),
+                   metric_registry.check_protocol({"step": 8, "batch_size": 7}), {})
+    result = ev.run(toy, _toy_items(), tmp_path / "out", plan)
     assert result.processed == 4 and len(result.rows) == 4 * 4 * 3
     stats = report.statistics(result.rows, methods, metrics)
     # The oracle order is the best order for a linear model at every step (strictly better
@@ -350,11 +348,12 @@ def test_toy_model_ranks_the_oracle_first(tmp_path):
     settings = ev.load_settings(tmp_path / "out")
     written = report.write_report(tmp_path / "out", result.rows, methods, metrics,
                                   settings["settings"], settings["runs"][-1])
-    assert [p.name for p in written] == ["summary.md", "curves.png", "overlays.png"]
+    assert [p.name for p in written] == ["summary.md", "curves.png", "overlays.png",
+                                         "report.html"]
     text = written[0].read_text()
     assert "deletion AUC (lower is better): 1. oracle" in text
     assert "insertion AUC (higher is better): 1. oracle" in text
-    assert "class sensitivity (lower = more class-sensitive): 1. oracle (-1.000)" in text
+    assert "class sensitivity (lower is better): 1. oracle (-1.000)" in text
 
 
 def test_statistics_and_ranking_by_hand():
@@ -379,29 +378,34 @@ def test_statistics_and_ranking_by_hand():
     assert [m for m, _ in report.ranking(stats, ["m1", "m2"], "pointing")] == ["m1", "m2"]
 
 
-def test_resolve_metrics_and_method_params():
-    assert ev.resolve_metrics([]) == ["deletion", "insertion"]
-    assert ev.resolve_metrics(["AIC", "deletion", "aic"]) == ["deletion", "aic"]
+def test_plan_resolves_and_checks_everything_before_any_run():
+    resolve = metric_registry.resolve
+    assert [m.name for m in resolve([])] == ["deletion", "insertion"]
+    assert [m.name for m in resolve(["AIC", "deletion", "aic"])] == ["deletion", "aic"]
     with pytest.raises(BadOptionError, match="unknown metric"):
-        ev.resolve_metrics(["iou"])
-    assert ev.resolve_methods(["swag", "gradcam", "swag-image"]) == ["swag-image", "gradcam"]
+        resolve(["iou"])
+    plan = ev.plan(["swag", "gradcam", "swag-image"], [], {})
+    assert plan.methods == ["swag-image", "gradcam"]
     options = {"seed": 3, "batch_size": 8, "combine": "sum", "steps": None}
-    assert ev.method_params(["gradient"], options) == {}
-    assert ev.method_params(["rise", "gradcam"], options) == {"seed": 3, "batch_size": 8,
-                                                              "combine": "sum"}
-    with pytest.raises(BadOptionError, match="--masks does not apply"):
-        ev.method_params(["gradient"], {"masks": 10})
-    meta = {"meta": True, "meta_lr": -0.01, "seed": 0}
-    assert ev.method_params(["normgrad"], meta) == {"meta": True, "meta_lr": -0.01}
-    assert ev.method_params(["normgrad"], {"meta": None, "meta_lr": None}) == {}
+    with pytest.raises(BadOptionError, match="combine do not apply to gradient"):
+        ev.plan(["gradient"], [], options)
+    both = ev.plan(["rise", "gradcam"], [], options)  # seed, batch_size: methods and metrics
+    assert both.method_options == {"seed": 3, "batch_size": 8, "combine": "sum"}
+    assert both.protocol["batch_size"] == 8 and both.protocol["seed"] == 3
+    with pytest.raises(BadOptionError, match="masks do not apply"):
+        ev.plan(["gradient"], [], {"masks": 10})
+    with pytest.raises(BadOptionError, match="blur_ksize must be an odd integer"):
+        ev.plan(["gradient"], ["deletion"], {"blur_ksize": 2})
+    assert ev.plan(["normgrad"], [], {}, meta=True, meta_lr=-0.01).options == {
+        "meta": True, "meta_lr": -0.01}
     with pytest.raises(BadOptionError, match="not to rise"):
-        ev.method_params(["normgrad", "rise"], meta)
+        ev.plan(["normgrad", "rise"], [], {}, meta=True, meta_lr=0.1)
 
 
 def test_meta_saliency_is_evaluated_and_recorded(photos, tmp_path):
     out = tmp_path / "meta"
     args = ["evaluate", str(photos / "coffee.png"), "--out", str(out), "--method", "normgrad",
-            "--step", "2240"]
+            "--step", "2240", "--no-controls"]
     plain = runner.invoke(app, args[:3] + [str(tmp_path / "plain")] + args[4:])
     result = runner.invoke(app, args + ["--meta"])
     assert plain.exit_code == 0 and result.exit_code == 0, result.output
@@ -410,3 +414,39 @@ def test_meta_saliency_is_evaluated_and_recorded(photos, tmp_path):
     values = [[r["value"] for r in ev.read_results(folder / "results.csv")]
               for folder in (tmp_path / "plain", out)]
     assert values[0] != values[1]  # the step changes the map, hence the curves
+
+
+def test_controls_are_evaluated_and_flagged(photos, tmp_path):
+    """By default random and center are scored beside the methods; summary.md says on which
+    metric a control beats a real method (or that none does)."""
+    out = tmp_path / "controls"
+    result = runner.invoke(app, ["evaluate", str(photos / "coffee.png"), "--method", "gradcam",
+                                 "--out", str(out), "--step", "2240"])
+    assert result.exit_code == 0, result.output
+    rows = ev.read_results(out / "results.csv")
+    assert {r["method"] for r in rows} == {"gradcam", "random", "center"}
+    stats = report.statistics(rows, ["gradcam", "random", "center"], ["deletion", "insertion"])
+    summary = (out / "summary.md").read_text()
+    assert "## Controls" in summary
+    beaten = [metric for metric, sign in (("deletion", -1), ("insertion", 1))
+              if any(sign * (stats[c, metric].mean - stats["gradcam", metric].mean) > 0
+                     for c in ("random", "center"))]
+    for metric in beaten:
+        assert f"{report.title(metric)}: " in summary and "does not separate" in summary
+    if not beaten:
+        assert "Every real method beats the controls" in summary
+
+
+def test_random_logit_on_a_model_whose_classes_use_opposite_evidence(tmp_path):
+    """Two classes, so the random other class is the other one: the oracle's maps of the two
+    classes are opposite (Spearman -1), a map that ignores the class scores +1."""
+    toy = ToyExplainer(tmp_path)
+    methods = ["oracle", "constant-order", "noise"]
+    plan = ev.Plan(methods, {}, metric_registry.resolve(["random-logit"]),
+                   metric_registry.check_protocol({}), {})
+    result = ev.run(toy, _toy_items(3), tmp_path / "out", plan)
+    stats = report.statistics(result.rows, methods, ["random-logit"])
+    assert stats["oracle", "random-logit"].mean == pytest.approx(-1.0)
+    assert stats["constant-order", "random-logit"].mean == pytest.approx(1.0)
+    assert abs(stats["noise", "random-logit"].mean) < 0.3
+    assert all("random other class" in r["detail"] for r in result.rows)

@@ -13,7 +13,10 @@ from typer.testing import CliRunner
 
 from swag_onnx.cli import app
 from swag_onnx.errors import BadModelError, BadOptionError
-from swag_onnx.explain import METHODS, SWAG_METHODS, Explainer
+from swag_onnx.explain import Explainer
+from swag_onnx.methods import METHODS
+
+SWAG_METHODS = [name for name in METHODS if name.startswith("swag-")]
 
 runner = CliRunner()
 CATS = range(281, 286)
@@ -147,8 +150,8 @@ def test_explain_cli_writes_all_outputs(photos, tmp_path):
             picture = cv2.imread(str(out / f"{stem}.{method}.png"))
             assert saliency.shape == picture.shape[:2] and saliency.dtype == np.float32
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"{s}.{m}.{e}" for s in ("chelsea", "coffee") for m in ("swag-image", "swag-gradient")
-        for e in ("png", "npy", "json"))
+        [f"{s}.{m}.{e}" for s in ("chelsea", "coffee") for m in ("swag-image", "swag-gradient")
+         for e in ("png", "npy", "json")] + ["index.html"])
     assert "espresso" in result.output
 
 
@@ -169,7 +172,7 @@ def test_folder_with_bad_files_processes_the_good_ones(photos, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--target", "unicorn"], "unknown class"),
     (["--method", "occlusion"], "unknown method"),
-    (["--superpixels", "lab"], "unknown superpixel source"),
+    (["--superpixels", "lab"], "unknown superpixels"),
     (["--model", "/no/such/model"], "does not exist"),
     (["--n-segments", "0"], "n_segments"),
 ])
@@ -191,7 +194,8 @@ def test_demo_writes_three_variants(tmp_path, monkeypatch):
     result = runner.invoke(app, ["demo"])
     assert result.exit_code == 0, result.output
     written = sorted(p.name for p in (tmp_path / "swag-demo").iterdir())
-    assert written == sorted(f"chelsea.{m}.{e}" for m in SWAG_METHODS for e in ("png", "npy", "json"))
+    assert written == sorted([f"chelsea.{m}.{e}" for m in SWAG_METHODS
+                              for e in ("png", "npy", "json")] + ["index.html"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["swag-demo"]  # nothing else written
 
 
@@ -236,7 +240,8 @@ def test_cache_is_keyed_by_model_and_augmentation_code(tmp_path, monkeypatch):
     runtime.augmenter_digest.cache_clear()
 
 
-OTHER_METHODS = [m for m in METHODS if m not in SWAG_METHODS]
+OTHER_METHODS = [m for m, entry in METHODS.items()
+                 if m not in SWAG_METHODS and not entry.control]
 FAST = {"steps": 8, "samples": 20, "masks": 100}
 
 
@@ -276,7 +281,7 @@ def test_comparison_methods_find_the_evidence(red_model, red_mean_model, method)
 @pytest.mark.parametrize("args,message", [
     (["--method", "gradcam", "--layer", "no_such_tensor"], "not a float tensor"),
     (["--method", "swag", "--steps", "8"], "do not apply"),
-    (["--method", "normgrad", "--combine", "mean"], "mode"),
+    (["--method", "normgrad", "--combine", "mean"], "unknown combine 'mean'"),
 ])
 def test_comparison_method_bad_options(photos, tmp_path, args, message):
     result = runner.invoke(app, ["explain", str(photos / "coffee.png"), "--out",

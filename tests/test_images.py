@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 import struct
+import zlib
 
 import cv2
 import numpy as np
@@ -204,57 +205,78 @@ def test_missing_empty_folder_unreadable(tmp_path, monkeypatch):
     assert "empty" in raises_bad_image(write_bytes(tmp_path / "empty.png", b""))
     assert "folder" in raises_bad_image(tmp_path)
     locked = write_bytes(tmp_path / "locked.png", cv2_bytes(".png", CAMERA))
+    real_open = os.open
 
-    def denied(self):  # chmod 0 does not stop root (CI), so fail the read itself
-        raise PermissionError(13, "Permission denied", str(self))
+    def denied(name, *args, **kwargs):  # chmod 0 does not stop root (CI): fail the open itself
+        if Path(name) == locked:
+            raise PermissionError(13, "Permission denied", str(name))
+        return real_open(name, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_bytes", denied)
+    # (tests/test_bad_inputs.py also reads a chmod 000 file as an unprivileged user)
+    monkeypatch.setattr(os, "open", denied)
     assert "cannot read" in raises_bad_image(locked)
 
 
 def fake_png(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height (the pixel data is a stub)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + b"\0\0\0\0"
-    return b"\x89PNG\r\n\x1a\n" + chunk + b"\0\0\0\0IDAT\0\0\0\0\0\0\0\0IEND\0\0\0\0"
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"")
+            + chunk(b"IEND", b""))
 
 
 def test_huge_png_is_refused_from_its_header(tmp_path):
-    message = raises_bad_image(write_bytes(tmp_path / "huge.png", fake_png(20_000, 20_000)))
-    assert "20000x20000" in message and "limit" in message
+    message = raises_bad_image(write_bytes(tmp_path / "huge.png", fake_png(12_000, 12_000)))
+    assert "12000x12000" in message and "limit" in message
+    # above twice Pillow's MAX_IMAGE_PIXELS, Pillow itself refuses to give the size
+    message = raises_bad_image(write_bytes(tmp_path / "huger.png", fake_png(16_000, 16_000)))
+    assert "limit of 100,000,000" in message
 
 
 def test_huge_jpeg_is_refused_from_its_header(tmp_path):
     content = bytearray(cv2_bytes(".jpg", CHELSEA[:, :, ::-1]))
     sof = content.index(b"\xff\xc0")
-    content[sof + 5: sof + 9] = struct.pack(">HH", 30_000, 20_000)  # height, width
+    content[sof + 5: sof + 9] = struct.pack(">HH", 9_000, 12_000)  # height, width
     message = raises_bad_image(write_bytes(tmp_path / "huge.jpg", bytes(content)))
-    assert "20000x30000" in message
+    assert "12000x9000" in message
 
 
 @pytest.mark.parametrize("ext, params", [
-    (".png", ()), (".jpg", ()), (".bmp", ()), (".tiff", ()),
+    (".png", ()), (".jpg", ()), (".bmp", ()), (".tiff", ()), (".ppm", ()), (".gif", ()),
     (".webp", (cv2.IMWRITE_WEBP_QUALITY, 80)), (".webp", (cv2.IMWRITE_WEBP_QUALITY, 101)),
 ])
-def test_header_sizes_match_the_decoded_size(ext, params):
-    image = CHELSEA[:123, :257, ::-1]
-    assert images._header_size(cv2_bytes(ext, image, params)) == (257, 123)
+def test_pixel_limit_is_read_from_the_header(tmp_path, monkeypatch, ext, params):
+    """The header's size (Pillow) decides: exactly MAX_PIXELS loads, one pixel less refuses,
+    and decoding is never reached for the refused file."""
+    path = write_bytes(tmp_path / f"cat{ext}", cv2_bytes(ext, CHELSEA[:123, :257, ::-1], params))
+    monkeypatch.setattr(images, "MAX_PIXELS", 257 * 123)
+    assert load_image(path).shape == (123, 257, 3)
+    monkeypatch.setattr(images, "MAX_PIXELS", 257 * 123 - 1)
+    monkeypatch.setattr(images, "_decode", lambda data: pytest.fail("decoded a refused image"))
+    assert "257x123" in raises_bad_image(path)
 
 
-def test_header_size_of_extended_webp():
+def test_side_limit_is_read_from_the_header(tmp_path, monkeypatch):
+    path = write_bytes(tmp_path / "strip.png", cv2_bytes(".png", CHELSEA[:3, :, ::-1]))
+    monkeypatch.setattr(images, "MAX_SIDE", 450)
+    monkeypatch.setattr(images, "_decode", lambda data: pytest.fail("decoded a refused image"))
+    message = raises_bad_image(path)
+    assert "451x3" in message and "side" in message
+
+
+def test_size_of_extended_webp_and_float_tiff(tmp_path, monkeypatch):
     rgba = np.dstack([CHELSEA[:99, :77], np.full((99, 77), 100, np.uint8)])  # alpha -> VP8X
     content = pil_bytes(Image.fromarray(rgba, "RGBA"), "WEBP", exif=exif_with_orientation(1))
     assert content[12:16] == b"VP8X"
-    assert images._header_size(content) == (77, 99)
-
-
-def test_pixel_limit_applies_to_every_format(tmp_path, monkeypatch):
-    monkeypatch.setattr(images, "MAX_PIXELS", 10_000)
-    for ext in (".png", ".bmp", ".ppm"):  # .ppm: no header parser, checked after decoding
-        path = write_bytes(tmp_path / f"cat{ext}", cv2_bytes(ext, CHELSEA[:, :, ::-1]))
-        assert "451x300" in raises_bad_image(path)
-    small = write_bytes(tmp_path / "small.ppm", cv2_bytes(".ppm", CHELSEA[:50, :60, ::-1]))
-    assert load_image(small).shape == (50, 60, 3)
+    webp = write_bytes(tmp_path / "x.webp", content)
+    # float RGB TIFF: Pillow cannot open it, its IFD gives the size
+    tiff = write_bytes(tmp_path / "x.tiff", cv2_bytes(".tiff", np.ones((99, 77, 3), np.float32)))
+    monkeypatch.setattr(images, "MAX_PIXELS", 77 * 99)
+    assert load_image(webp).shape == load_image(tiff).shape == (99, 77, 3)
+    monkeypatch.setattr(images, "MAX_PIXELS", 77 * 99 - 1)
+    assert "77x99" in raises_bad_image(webp) and "77x99" in raises_bad_image(tiff)
 
 
 def test_collect_images(tmp_path):
@@ -386,7 +408,7 @@ def test_to_original_without_crop_scales_the_square():
 @given(h0=st.integers(1, 900), w0=st.integers(1, 900), h=st.integers(8, 300),
        w=st.integers(8, 300), resize=st.one_of(st.none(), st.integers(1, 400)))
 def test_geometry_always_fits(h0, w0, h, w, resize):
-    recipe = images._recipe(card(input_size=[h, w], resize=resize,
+    recipe = images.card_recipe(card(input_size=[h, w], resize=resize,
                                  crop="none" if resize is None else "center"))
     geometry = images._geometry((h0, w0), recipe)
     top, left, ch, cw = geometry.crop_box
@@ -565,7 +587,29 @@ def test_failed_rename_keeps_the_old_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", broken_replace)
-    with pytest.raises(OSError):
+    with pytest.raises(BadOptionError, match="cannot write the file"):
         write_json(target, {"version": 2})
     assert json.loads(target.read_text()) == {"version": 1}
     assert os.listdir(tmp_path) == ["result.json"]
+
+
+# ------------------------------------------------------------------- extreme aspect ratios
+
+@pytest.mark.parametrize("shape", [(3, 400), (400, 3), (20, 900), (2, 300)])
+def test_crop_only_paths_match_the_full_resize(monkeypatch, shape):
+    """Above _FULL_RESIZE_PIXELS only the crop is computed; it must match resize-then-crop
+    (oracle: the full path, forced by a huge threshold) within warpAffine's 1/32-px weights."""
+    rng = np.random.default_rng(0)
+    rgb = cv2.GaussianBlur(rng.integers(0, 256, shape + (3,), dtype=np.uint8), (5, 5), 2)
+    saliency = rng.random((224, 224)).astype(np.float32)
+    labels = rng.integers(0, 40, (224, 224)).astype(np.int32)
+    _, geometry = preprocess(rgb, card(scaling=IDENTITY))
+    monkeypatch.setattr(images, "_FULL_RESIZE_PIXELS", 2**40)
+    full = (images.model_view(rgb, geometry), to_original(saliency, geometry),
+            images.labels_to_original(labels, geometry))
+    monkeypatch.setattr(images, "_FULL_RESIZE_PIXELS", 0)
+    assert not images._materialise(geometry)
+    view = images.model_view(rgb, geometry)
+    assert view.shape == (224, 224, 3) and np.abs(view.astype(int) - full[0]).max() <= 1
+    np.testing.assert_allclose(to_original(saliency, geometry), full[1], atol=2e-3)
+    np.testing.assert_array_equal(images.labels_to_original(labels, geometry), full[2])

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-from swag_onnx.errors import BadOptionError
 from swag_onnx.methods.lime import lime, quickshift_segments, weighted_ridge
 
 
@@ -147,5 +146,5 @@ def test_bad_options(kwargs):
     def probabilities(batch):
         return np.full((len(batch), 2), 0.5)
 
-    with pytest.raises(BadOptionError):
+    with pytest.raises(ValueError):
         lime(x, view, probabilities, target, samples=kwargs.pop("samples", 10), **kwargs)

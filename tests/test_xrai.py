@@ -77,7 +77,7 @@ def test_parity_with_pair_xrai_on_our_integrated_gradients(explainer):
     x, view = batch[0], imgs.model_view(rgb, geometry)
     target = int(explainer.predict([rgb])[0].top5[0]["index"])
     attribution, _ = integrated_gradients(x, explainer._grad_fn(target), steps=16,
-                                          baselines=explainer._black_white())
+                                          baselines=_black_white(explainer))
     masks = segment_masks(view)
     ours, ranks = xrai_regions(attribution.max(axis=0), masks)
     reference = XRAI().GetMaskWithDetails(
@@ -121,3 +121,12 @@ def test_explain_cli_xrai(tmp_path):
     bad = CliRunner().invoke(app, ["explain", str(image), "--method", "xrai", "--steps", "1",
                                    "--out", str(out)])
     assert bad.exit_code == 2 and "steps" in bad.output
+
+
+def _black_white(explainer):
+    """A black and a white image in the model-input space (XRAI's baselines)."""
+    from swag_onnx import images as imgs
+
+    height, width = explainer.card["input_size"]
+    return [imgs.preprocess(np.full((height, width, 3), value, np.uint8), explainer.card)[0][0]
+            for value in (0, 255)]

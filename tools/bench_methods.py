@@ -38,11 +38,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from export_torch import load_lite0  # noqa: E402
 
 from swag_onnx import images as imgs  # noqa: E402
-from swag_onnx.explain import METHODS, Explainer, softmax  # noqa: E402
+from swag_onnx.explain import Explainer, softmax  # noqa: E402
+from swag_onnx.methods import METHODS  # noqa: E402
 from swag_onnx.methods.lime import lime  # noqa: E402
 from swag_onnx.methods.rise import rise  # noqa: E402
 
-SLOW = {"lime", "rise", "xrai", "integrated-gradients", "smoothgrad"}
+# timed once: the methods that make many model runs
+SLOW = {name for name, m in METHODS.items() if m.progress or "grad_fn" in m.needs}
 
 
 class PassCounter:
@@ -50,16 +52,17 @@ class PassCounter:
 
     def __init__(self, runner):
         self.forward = self.backward = 0
-        for name in ("scores", "gradients", "stepped_gradients"):
+        for name in ("scores", "gradients", "stepped_gradients", "layer_scores"):
             setattr(runner, name, self._wrap(getattr(runner, name), name))
 
     def _wrap(self, fn, name):
-        def counted(batch, *args, **kwargs):
-            if name == "scores":
+        def counted(*args, **kwargs):
+            batch = args[1] if name == "layer_scores" else args[0]  # (layer, acts, images)
+            if name in ("scores", "layer_scores"):  # a head run is at most one forward
                 self.forward += len(batch)
             else:  # a stepped run is two forward+backward runs per image
                 self.backward += len(batch) * (2 if name == "stepped_gradients" else 1)
-            return fn(batch, *args, **kwargs)
+            return fn(*args, **kwargs)
         return counted
 
     def reset(self) -> tuple[int, int]:

@@ -61,7 +61,7 @@ def write_photos(folder: Path, limit: int | None = None) -> list[Path]:
 
 def main(argv=None) -> int:
     from swag_onnx.cli import app
-    from swag_onnx.explain import METHODS
+    from swag_onnx.methods import METHODS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=Path, default=Path("devset-images"))

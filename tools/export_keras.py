@@ -122,10 +122,10 @@ def import_keras():
 def card_preprocess(pixels: np.ndarray, mode: str) -> np.ndarray:
     """What the card of `mode` does to RGB pixels: float (..., 3) in [0, 255] -> float32 (..., 3),
     computed by swag_onnx.images' own recipe (so the card and Keras can be compared)."""
-    from swag_onnx.images import _recipe
+    from swag_onnx.images import card_recipe
 
     spec = PREPROCESSING[mode]
-    recipe = _recipe({"layout": "NHWC", "input_size": [1, 1], **spec})
+    recipe = card_recipe({"layout": "NHWC", "input_size": [1, 1], **spec})
     x = np.asarray(pixels, np.float32)
     if recipe.bgr:
         x = x[..., ::-1]

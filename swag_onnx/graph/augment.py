@@ -30,6 +30,7 @@ from swag_onnx.graph import analysis
 from swag_onnx.graph.emitter import Emitter
 from swag_onnx.graph.model_io import load_model, save_model_atomic
 from swag_onnx.graph.rules import NON_DIFFERENTIABLE, RULES, supported_ops
+from swag_onnx.graph.rules.quantization import as_qdq
 
 SEED = "swag.seed"
 SCORE = "swag.score"
@@ -69,6 +70,9 @@ class Contract:
     version: int = CONTRACT_VERSION
     weights: list[str] = field(default_factory=list)  # parameters with gradient outputs
     layer_layouts: dict = field(default_factory=dict)  # layer -> "NCHW" / "NHWC" where known
+    # token layers [N, T, C] of vision transformers: layer -> {"grid": [h, w], "offset": k}:
+    # tokens k .. T-1 are the h x w grid in row-major order, the first k (class token) are not
+    layer_tokens: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True)
@@ -104,7 +108,7 @@ def augment_model(model: onnx.ModelProto, layers=(), score: str | None = None,
                   weights: bool = False) -> onnx.ModelProto:
     """Return an augmented copy of `model` (the input model is not modified); `weights`: also
     the parameter gradients, parameters overridable as inputs (meta-saliency)."""
-    model = analysis.infer_shapes(model)
+    model = analysis.infer_shapes(as_qdq(model))
     if any(i.name == SEED for i in model.graph.input) or Contract.from_model(model):
         raise BadModelError("the model is already augmented by swag_onnx")
     info, nodes, facts, relevant = analysis.analyse(model, score)
@@ -112,10 +116,14 @@ def augment_model(model: onnx.ModelProto, layers=(), score: str | None = None,
         raise UnsupportedOpsError(
             f"{len(info.unsupported)} node(s) on the gradient path have no gradient rule: "
             + "; ".join(info.unsupported) + ". Supported ops: " + ", ".join(supported_ops()))
-    layer_names = resolve_layers(info, layers, relevant)
+    layer_names = resolve_layers(info, layers, {t for t in relevant if analysis.is_float(facts, t)})
+    folded = analysis.fold_pads_into_convs(model, facts, set(layer_names))
+    if folded:
+        nodes, relevant = analysis.nodes_of(model, facts.opset), relevant - folded
     g = Emitter(model, _all_names(model))
     params = parameters(model, analysis.path_nodes(nodes, relevant), g) if weights else []
-    grads = _backward(g, nodes, relevant | set(params), info)
+    grads = _backward(g, nodes, relevant | set(params), info,
+                      set(layer_names) | {o.name for o in model.graph.output})
     _attach(model, g, info, layer_names, grads, [p for p in params if p in grads])
     _check(model)
     return model
@@ -143,16 +151,22 @@ def _all_names(model: onnx.ModelProto) -> set[str]:
     return names | {SEED, SCORE}
 
 
-def _backward(g: Emitter, nodes, relevant: set[str], info) -> dict[str, str]:
-    """Reverse-mode walk from the score to the image input; returns tensor -> gradient name."""
+def _backward(g: Emitter, nodes, relevant: set[str], info, keep=frozenset()) -> dict[str, str]:
+    """Reverse-mode walk from the score to the image input; returns tensor -> gradient name.
+    `keep`: tensors whose own gradient is needed (requested layers) even inside a fused pattern."""
     score = info.score
-    seed = _effective_seed(g, score, info.num_classes)
+    seed = _effective_seed(g, score, info.image_input, info.num_classes)
     seed = seed if g.rank(score) == 2 else g.reshape_like(seed, score)
     pending: dict[str, list[str]] = {score: [seed]}
     done: dict[str, str] = {}
+    swish = _swish_nodes(nodes, set(keep))
     for node in reversed(analysis.path_nodes(nodes, relevant)):
         dys = [_collect(g, pending, done, o) for o in node.outputs]
         if all(d is None for d in dys) or node.op in NON_DIFFERENTIABLE:
+            continue
+        if node.op == "Mul" and node.outputs[0] in swish:
+            x, s = swish[node.outputs[0]]
+            pending.setdefault(x, []).append(swish_grad(g, dys[0], s, node.outputs[0]))
             continue
         needs = [bool(i) and i in relevant for i in node.inputs]
         for name, need, grad in zip(node.inputs, needs, RULES[node.op](g, node, dys, needs)):
@@ -163,15 +177,44 @@ def _backward(g: Emitter, nodes, relevant: set[str], info) -> dict[str, str]:
     return done
 
 
-def _effective_seed(g: Emitter, score: str, num_classes: int) -> str:
+def _swish_nodes(nodes, keep: set[str]) -> dict:
+    """Mul nodes computing y = x * Sigmoid(x) (SiLU / swish as torch exports it) whose sigmoid
+    output s is read by that Mul only and is not in `keep`: y -> (x, s)."""
+    readers: dict[str, int] = {}
+    for node in nodes:
+        for name in node.inputs:
+            readers[name] = readers.get(name, 0) + 1
+    sigmoids = {n.outputs[0]: n.inputs[0] for n in nodes if n.op == "Sigmoid" and not n.domain}
+    found = {}
+    for node in nodes:
+        if node.op != "Mul" or node.domain or len(node.inputs) != 2:
+            continue
+        for s, x in (node.inputs, reversed(node.inputs)):
+            if sigmoids.get(s) == x and readers.get(s) == 1 and s not in keep:
+                found[node.outputs[0]] = (x, s)
+                break
+    return found
+
+
+def swish_grad(g: Emitter, dy: str, s: str, y: str) -> str:
+    """dx of y = x * s, s = sigmoid(x): dy * (s + y (1 - s)) in four element-wise passes (the
+    separate Mul and Sigmoid rules take six and a Sum)."""
+    slope = g.op("Add", s, g.op("Mul", y, g.op("Sub", g.scalar_like(1.0, y), s)))
+    return g.op("Mul", dy, slope)
+
+
+def _effective_seed(g: Emitter, score: str, image: str, num_classes: int) -> str:
     """swag.seed with every all-zero row replaced by the one-hot row of the top-1 class."""
     flat = score if g.rank(score) == 2 else g.op("Reshape", score, g.ints([-1, num_classes]))
-    empty = g.op("Equal", g.op("ReduceSum", g.op("Abs", SEED), g.ints([1]), keepdims=1),
+    seed = SEED  # typed like the image input; the backward graph starts in the score's type
+    if g.dtype(score) != g.dtype(image):
+        seed = g.op("Cast", SEED, to=g.dtype(score) or onnx.TensorProto.FLOAT)
+    empty = g.op("Equal", g.op("ReduceSum", g.op("Abs", seed), g.ints([1]), keepdims=1),
                  g.scalar_like(0.0, score))
     top1 = g.op("ArgMax", flat, axis=1, keepdims=1, select_last_index=0)  # [N, 1]
     classes = g.const(np.arange(num_classes).reshape(1, -1), np.int64)
     one_hot = g.mask(g.op("Equal", top1, classes), score)
-    return g.op("Where", empty, one_hot, SEED)
+    return g.op("Where", empty, one_hot, seed)
 
 
 def _collect(g, pending, done, name):
@@ -199,7 +242,7 @@ def _attach(model, g: Emitter, info, layer_names: list[str], grads: dict[str, st
     score_shape = g.shape(info.score)
     batch = score_shape[0] if score_shape and score_shape[0] is not None else "N"
     graph.input.append(helper.make_tensor_value_info(
-        SEED, g.dtype(info.score) or onnx.TensorProto.FLOAT, [batch, info.num_classes]))
+        SEED, g.dtype(info.image_input) or onnx.TensorProto.FLOAT, [batch, info.num_classes]))
     outputs = [(SCORE, info.score, info.score)]
     for tensor in [info.image_input] + layer_names:
         if tensor not in grads:
@@ -215,9 +258,12 @@ def _attach(model, g: Emitter, info, layer_names: list[str], grads: dict[str, st
     graph.node.extend(g.nodes)
     graph.initializer.extend(g.initializers)
     layouts = {name: shape.layout for name, shape in info.layers}
+    tokens = {t: {"grid": list(info.tokens[t].grid), "offset": info.tokens[t].offset}
+              for t in layer_names if t in info.tokens}
     contract = Contract(info.image_input, info.layout, info.score, info.num_classes, layer_names,
                         weights=params,
-                        layer_layouts={t: layouts[t] for t in layer_names if t in layouts})
+                        layer_layouts={t: layouts[t] for t in layer_names if t in layouts},
+                        layer_tokens=tokens)
     model.metadata_props.append(onnx.StringStringEntryProto(key=CONTRACT_KEY,
                                                             value=contract.to_json()))
 
@@ -243,5 +289,9 @@ def augment(src: str | os.PathLike, dst: str | os.PathLike, layers=(),
 
 def describe(src: str | os.PathLike, score: str | None = None) -> analysis.ModelInfo:
     """Analyse the model file `src` for `inspect` (input, layout, score, layers, unsupported ops)."""
-    model = analysis.infer_shapes(load_model(src))
-    return analysis.analyse(model, score)[0]
+    from swag_onnx.graph import checks
+
+    model = load_model(src)
+    checks.fit_to_runtime(model, repr(str(src)))  # one line instead of onnxruntime's errors
+    checks.check_model(model, repr(str(src)), score)
+    return analysis.analyse(analysis.infer_shapes(as_qdq(model)), score)[0]

@@ -146,10 +146,18 @@ class Emitter:
         """A 1-D int64 constant (axes, shapes, pads, ...)."""
         return self.const(np.asarray(values, dtype=np.int64).reshape(-1), np.int64)
 
+    def np_dtype(self, like: str):
+        """The NumPy element type of forward tensor `like` (float32 when unknown)."""
+        return helper.tensor_dtype_to_np_dtype(self.dtype(like) or onnx.TensorProto.FLOAT)
+
+    def const_like(self, value, like: str) -> str:
+        """A constant with the element type of forward tensor `like`: a float16 model's backward
+        graph computes in float16 (onnxruntime binds both operands of an op to one type)."""
+        return self.const(value, self.np_dtype(like))
+
     def scalar_like(self, value: float, like: str) -> str:
         """A scalar constant with the element type of tensor `like`."""
-        np_type = helper.tensor_dtype_to_np_dtype(self.dtype(like) or onnx.TensorProto.FLOAT)
-        return self.const(value, np_type)
+        return self.const_like(value, like)
 
     # ----- small recurring patterns -----------------------------------------------------------
     def reduce_sum(self, x: str, axes, keepdims: bool) -> str:

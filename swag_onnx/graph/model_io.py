@@ -1,20 +1,25 @@
 """Load and save ONNX models safely.
 
-Loading refuses external data that points outside the model's folder (an untrusted model must not
+Loading reads regular files only (os.stat first: a FIFO, device or folder is refused without being
+opened), refuses external data that points outside the model's folder (an untrusted model must not
 make us read arbitrary files) and turns every failure into one BadModelError line. Saving is
-atomic: a temp file in the destination folder, then a rename, so no half-written model is left.
+atomic: a temp file in the destination folder, then a rename, so no half-written model is left;
+the rename never replaces anything but a regular file (a folder, device, FIFO or socket there,
+or a symlink to one, raises BadOptionError).
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
 import onnx
 from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
-from swag_onnx.errors import BadModelError
+from swag_onnx.errors import BadModelError, BadOptionError
+from swag_onnx.files import check_output_target, make_folder, umask
 
 # Protobuf cannot serialise a single message above 2 GiB; bigger models keep weights outside.
 _PROTOBUF_LIMIT = 2**31 - 2**20
@@ -45,12 +50,12 @@ def _all_tensors(model: onnx.ModelProto):
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     """Read an ONNX model (with its external data, if any) or raise BadModelError."""
     path = Path(path)
-    if not path.exists():
-        raise BadModelError(f"model file {str(path)!r} does not exist")
-    if not path.is_file():
-        raise BadModelError(f"model path {str(path)!r} is not a file; pass the .onnx file")
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        with _open_regular(path) as file:
+            # from the bytes: onnx.load(file) asks an fdopen'ed file for its path (an int)
+            model = onnx.load_model_from_string(file.read())
+    except BadModelError:
+        raise
     except Exception as exc:  # protobuf raises several unrelated types on garbage
         raise BadModelError(
             f"{str(path)!r} is not a readable ONNX model ({type(exc).__name__}); "
@@ -66,33 +71,78 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     return model
 
 
+def _open_regular(path: Path):
+    """Open a regular file for reading; stat first, so a FIFO or device is never opened (a FIFO
+    would block); O_NONBLOCK and fstat cover a file swapped in between."""
+    try:
+        _require_regular(path, os.stat(path).st_mode)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except (FileNotFoundError, NotADirectoryError):
+        raise BadModelError(f"model file {str(path)!r} does not exist") from None
+    except OSError as exc:
+        raise BadModelError(f"cannot read the model file {str(path)!r} ({exc.strerror}); check "
+                            "its permissions") from None
+    file = os.fdopen(fd, "rb")
+    try:
+        _require_regular(path, os.fstat(fd).st_mode)
+    except BaseException:
+        file.close()
+        raise
+    return file
+
+
+def _require_regular(path: Path, mode: int) -> None:
+    if stat.S_ISDIR(mode):
+        raise BadModelError(f"model path {str(path)!r} is a folder; pass the .onnx file")
+    if not stat.S_ISREG(mode):
+        raise BadModelError(f"model path {str(path)!r} is not a regular file (a device, FIFO or "
+                            "socket); pass the .onnx file")
+
+
 def save_model_atomic(model: onnx.ModelProto, path: str | os.PathLike) -> None:
-    """Write `model` to `path` atomically (temp file + rename); big models keep weights beside it."""
+    """Write `model` to `path` atomically (temp file + rename); big models keep weights beside it.
+
+    Only a regular file (or a new path) is ever replaced, checked before writing and again just
+    before each rename; OSErrors become one BadOptionError line naming the path.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     external = model.ByteSize() > _PROTOBUF_LIMIT
-    data_name = path.name + ".data"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    data_path = path.parent / (path.name + ".data")
+    for target in (path, data_path) if external else (path,):
+        check_output_target(target)
+    make_folder(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise BadOptionError(f"{path}: cannot write the model ({exc.strerror})") from None
     os.close(fd)
     tmp_data = Path(tmp + ".data")
     try:
-        if external:
-            onnx.save_model(
-                model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                location=tmp_data.name, size_threshold=1024,
-            )
-            _rename_external_location(tmp, tmp_data.name, data_name)
-            os.replace(tmp_data, path.parent / data_name)
-        else:
-            onnx.save_model(model, tmp)
-        umask = os.umask(0o022)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual mode
-        os.replace(tmp, path)
+        _write_and_rename(model, Path(tmp), tmp_data, path, data_path if external else None)
+    except OSError as exc:
+        raise BadOptionError(f"{path}: cannot write the model ({exc.strerror or exc}); check the "
+                             "folder's permissions and free space") from None
     finally:
         for leftover in (Path(tmp), tmp_data):
             if leftover.exists():
                 leftover.unlink()
+
+
+def _write_and_rename(model, tmp: Path, tmp_data: Path, path: Path, data_path: Path | None):
+    """Save to tmp (weights to tmp_data when data_path is set), then rename both into place."""
+    if data_path is not None:
+        onnx.save_model(
+            model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+            location=tmp_data.name, size_threshold=1024,
+        )
+        _rename_external_location(str(tmp), tmp_data.name, data_path.name)
+        check_output_target(data_path)
+        os.replace(tmp_data, data_path)
+    else:
+        onnx.save_model(model, str(tmp))
+    os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600 files; give the usual mode
+    check_output_target(path)
+    os.replace(tmp, path)
 
 
 def _rename_external_location(model_file: str, old: str, new: str) -> None:

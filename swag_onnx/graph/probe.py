@@ -14,6 +14,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from swag_onnx.errors import BadModelError
+
 
 def node_outputs(model: onnx.ModelProto) -> list[str]:
     return [out for node in model.graph.node for out in node.output if out]
@@ -31,13 +33,19 @@ def probe_shapes(model: onnx.ModelProto, image: str, image_shape: tuple, image_d
     del probe.graph.output[:]
     probe.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names)
     ort.set_default_logger_severity(3)
-    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
     batches = (1, 2) if image_shape[0] is None else (image_shape[0],)
     runs = []
-    for batch in batches:
-        feed = {image: np.zeros((batch,) + tuple(image_shape[1:]),
-                                helper.tensor_dtype_to_np_dtype(image_dtype))}
-        runs.append([np.shape(v) for v in session.run(names, feed)])
+    try:
+        session = ort.InferenceSession(probe.SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+        for batch in batches:
+            feed = {image: np.zeros((batch,) + tuple(image_shape[1:]),
+                                    helper.tensor_dtype_to_np_dtype(image_dtype))}
+            runs.append([np.shape(v) for v in session.run(names, feed)])
+    except Exception as exc:  # onnxruntime raises its own types, with C++ detail
+        detail = str(exc).splitlines()[0].split("] ")[-1][:300]
+        raise BadModelError(f"onnxruntime cannot run the model on a blank image ({detail}); "
+                            "check that it loads in onnxruntime, or re-export it") from None
     shapes = {}
     for i, name in enumerate(names):
         observed = [run[i] for run in runs]

@@ -15,6 +15,10 @@ Per-location terms (METHODS.md, "NormGrad and the unified view"):
 - Grad-CAM: ``ReLU(sum_k A_uk mean_u(G_k))``
 - NormGrad: ``||A_u||_2 ||G_u||_2``
 - selective NormGrad: ``|| max(A_u * G_u, 0) ||_2``
+
+pytorch-grad-cam's family (METHODS.md, "More layer methods"; matched to pytorch-grad-cam where it
+differs from the papers): HiResCAM, XGradCAM, LayerCAM, EigenCAM, EigenGradCAM here; ScoreCAM and
+AblationCAM, which need extra model runs, in ``scorecam.py`` and ``ablationcam.py``.
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from swag_onnx.errors import BadOptionError
 
 COMBINE_MODES = ("product", "sum")
 
@@ -108,6 +111,90 @@ def gradient_x_activation(act: np.ndarray, grad: np.ndarray) -> np.ndarray:
     return (act * grad).sum(axis=0)
 
 
+
+def hirescam(act: np.ndarray, grad: np.ndarray) -> np.ndarray:
+    """HiResCAM (Draelos and Carin, 2020): ``ReLU(sum_k G_k * A_k)``, element-wise, no spatial
+    averaging of the gradient (pytorch-grad-cam ``HiResCAM``: the same).
+
+    act, grad: (K, h, w). Returns (h, w), >= 0, at layer resolution.
+    """
+    act, grad = _check(act, grad)
+    return np.maximum((act * grad).sum(axis=0), 0.0)
+
+
+def xgradcam(act: np.ndarray, grad: np.ndarray, eps: float = 1e-7) -> np.ndarray:
+    """XGradCAM (Fu et al., BMVC 2020): ``w_k = sum_u A_uk G_uk / (sum_u A_uk + eps)``,
+    map ``= ReLU(sum_k w_k A_k)``.
+
+    The paper has no ``eps``; pytorch-grad-cam (``xgrad_cam.py``) adds ``eps = 1e-7`` to the
+    denominator, which we match by default (it keeps an all-zero channel at weight 0).
+
+    act, grad: (K, h, w). Returns (h, w), >= 0, at layer resolution.
+    """
+    act, grad = _check(act, grad)
+    denom = act.sum(axis=(1, 2)) + eps  # (K,)
+    numer = (act * grad).sum(axis=(1, 2))
+    weights = np.divide(numer, denom, out=np.zeros_like(numer), where=denom != 0)
+    return np.maximum(np.tensordot(weights, act, axes=1), 0.0)
+
+
+def layercam(act: np.ndarray, grad: np.ndarray) -> np.ndarray:
+    """LayerCAM (Jiang et al., TIP 2021): ``ReLU(sum_k ReLU(G_k) * A_k)``, element-wise
+    positive gradients (pytorch-grad-cam ``LayerCAM``: the same).
+
+    act, grad: (K, h, w). Returns (h, w), >= 0, at layer resolution.
+    """
+    act, grad = _check(act, grad)
+    return np.maximum((np.maximum(grad, 0.0) * act).sum(axis=0), 0.0)
+
+
+def first_component(features: np.ndarray) -> np.ndarray:
+    """Projection of the (K, h, w) features, seen as h*w samples of K values, on their first
+    principal component: centre each channel over the locations, take the first right singular
+    vector ``v`` (K,) of the (h*w, K) matrix, project. Returns (h, w), signed, zero mean.
+
+    SVD leaves the sign of ``v`` arbitrary. We choose ``sum_k v_k >= 0``: since ``v`` is an
+    eigenvector of the channel covariance ``C``, the projection's covariance with the summed
+    channels ``sum_k X_k`` is ``lambda * sum_k v_k``, so the map rises where the channels
+    together rise (e.g. for A * G, where the linear approximation ``sum_k A_k G_k`` rises).
+    pytorch-grad-cam (``get_2d_projection``) keeps whatever sign LAPACK returns.
+    """
+    k = features.shape[0]
+    samples = features.reshape(k, -1).T  # (h*w, K)
+    centred = samples - samples.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    v = vt[0]
+    if v.sum() < 0:
+        v = -v
+    return (centred @ v).reshape(features.shape[1:])
+
+
+def eigencam(act: np.ndarray, grad: np.ndarray) -> np.ndarray:
+    """EigenCAM (Muhammad and Yeasin, IJCNN 2020): ``ReLU`` of the projection of the activations
+    on their first principal component (``first_component``; the gradient is not used, the
+    argument only keeps every layer map's signature).
+
+    As pytorch-grad-cam (``EigenCAM``), the channels are centred over the locations before the
+    SVD (the paper projects the uncentred activations) and the map is ReLU'd. The sign of the
+    component is ours (``sum_k v_k >= 0``, see ``first_component``); the library keeps
+    LAPACK's arbitrary sign, so on some inputs its map is the ReLU of the opposite projection.
+
+    act, grad: (K, h, w). Returns (h, w), >= 0, at layer resolution.
+    """
+    act, _ = _check(act, grad)
+    return np.maximum(first_component(act), 0.0)
+
+
+def eigengradcam(act: np.ndarray, grad: np.ndarray) -> np.ndarray:
+    """EigenGradCAM (pytorch-grad-cam's variant of EigenCAM, no paper): ``ReLU`` of the first
+    principal component projection (``first_component``) of ``A * G``; the sign is chosen so that
+    the map rises where ``sum_k A_k G_k`` rises.
+
+    act, grad: (K, h, w). Returns (h, w), >= 0, at layer resolution.
+    """
+    act, grad = _check(act, grad)
+    return np.maximum(first_component(act * grad), 0.0)
+
 def upsample(map_hw: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     """Bilinear resize (``cv2.resize``, ``INTER_LINEAR``) of an (h, w) map to ``(H, W)``."""
     m = np.asarray(map_hw, dtype=np.float64)
@@ -128,46 +215,16 @@ def normalize(map_hw: np.ndarray) -> np.ndarray:
     return (m - lo) / (hi - lo)
 
 
-def combine_layers(
-    maps: Sequence[np.ndarray],
-    size_hw: tuple[int, int],
-    mode: str = "product",
-    weights: Sequence[float] | None = None,
-) -> np.ndarray:
-    """Combine per-layer maps: upsample and normalise each, then product or weighted sum.
+def combine_layers(maps: Sequence[np.ndarray], size_hw: tuple[int, int],
+                   mode: str = "product") -> np.ndarray:
+    """Combine per-layer maps: upsample and normalise each, then multiply them ("product") or
+    average them ("sum", uniform weights); the result is normalised again.
 
-    maps: (h_i, w_i) arrays, one per layer. ``mode="product"`` multiplies the normalised maps
-    (``weights`` must then be None); ``mode="sum"`` takes ``sum_i weights_i * map_i`` with uniform
-    weights by default. The result is normalised again. Returns (H, W) in [0, 1].
+    maps: (h_i, w_i) arrays, one per layer. Returns (H, W) in [0, 1].
     """
     if mode not in COMBINE_MODES:
-        raise BadOptionError(
-            f"unknown combine mode {mode!r}; choose from {', '.join(COMBINE_MODES)}"
-        )
+        raise ValueError(f"unknown combine mode {mode!r}; choose from {', '.join(COMBINE_MODES)}")
     if len(maps) == 0:
-        raise BadOptionError("combine_layers needs at least one map")
+        raise ValueError("combine_layers needs at least one map")
     ups = [normalize(upsample(m, size_hw)) for m in maps]
-    if mode == "product":
-        if weights is not None:
-            raise BadOptionError("weights apply to mode='sum' only")
-        out = np.ones_like(ups[0])
-        for m in ups:
-            out = out * m
-        return normalize(out)
-    if weights is None:
-        w = np.full(len(ups), 1.0 / len(ups))
-    else:
-        w = np.asarray(weights, dtype=np.float64).ravel()
-        if w.size != len(ups):
-            raise BadOptionError(f"{w.size} weights given for {len(ups)} maps")
-        if not np.all(np.isfinite(w)):
-            raise BadOptionError("combine weights must be finite")
-    return normalize(sum(wi * m for wi, m in zip(w, ups)))
-
-
-CAM_METHODS = {
-    "gradcam": gradcam,
-    "gradcam++": gradcam_plus_plus,
-    "normgrad": normgrad,
-    "normgrad-selective": normgrad_selective,
-}
+    return normalize(np.prod(ups, axis=0) if mode == "product" else np.mean(ups, axis=0))

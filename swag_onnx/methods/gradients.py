@@ -18,65 +18,31 @@ Methods:
 - ``gradient``: dS_c/dx (Simonyan et al., 2014), one call.
 - ``gradient_x_input``: (x - baseline) * dS_c/dx (Shrikumar et al., 2016).
 - ``integrated_gradients``: (x - b) * integral_0^1 dS_c/dx (b + a (x - b)) da (Sundararajan et al.,
-  2017), a quadrature rule chosen by ``method``; completeness says sum(attr) = S_c(x) - S_c(b)
-  up to the quadrature error (exact for a linear model).
-- ``smoothgrad``: mean of a gradient method over Gaussian-noised copies of x (Smilkov et al.,
-  2017); ``squared=True`` averages the squares (SmoothGrad-Squared, Hooker et al., 2019).
+  2017) by the trapezoid rule; completeness says sum(attr) = S_c(x) - S_c(b) up to the
+  quadrature error (exact for a linear model).
+- ``smoothgrad``: mean gradient over Gaussian-noised copies of x (Smilkov et al., 2017).
 
-``GRADIENT_METHODS`` maps CLI names to callables ``(x, grad_fn, **params) -> attribution``.
+The registry entries (swag_onnx.methods.registry) at the end of the module reduce each
+attribution to an (H, W) map with ``saliency_map``.
 """
 
 from __future__ import annotations
 
-import inspect
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
 import numpy as np
 
-from swag_onnx.errors import BadOptionError
+from swag_onnx.methods.registry import Inputs, Output, method
+from swag_onnx.validation import BATCH, SEED, Choice, Int, Number, require
 
 GradFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 REDUCES = ("max_abs", "sum", "l2", "sum_abs")
-IG_METHODS = (
-    "riemann_trapezoid",
-    "riemann_middle",
-    "riemann_left",
-    "riemann_right",
-    "gausslegendre",
-)
-SMOOTHGRAD_BASES = ("gradient", "gradient_x_input")
 
 
 # ---------------------------------------------------------------------------------------------
-# Option checks and grad_fn plumbing
+# grad_fn plumbing
 # ---------------------------------------------------------------------------------------------
-
-
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    """Raise BadOptionError (one line) unless ``value`` is one of ``choices``."""
-    if not isinstance(value, str) or value not in choices:
-        raise BadOptionError(f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    """``value`` as an int; BadOptionError unless an integer (not bool) >= minimum."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise BadOptionError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise BadOptionError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_number(name: str, value: Any, minimum: float) -> float:
-    """``value`` as a float; BadOptionError unless finite and >= minimum."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise BadOptionError(f"{name} must be a number, got {value!r}") from None
-    if isinstance(value, bool) or not np.isfinite(number) or number < minimum:
-        raise BadOptionError(f"{name} must be a finite number >= {minimum}, got {value!r}")
-    return number
 
 
 def _as_input(x: Any) -> np.ndarray:
@@ -96,12 +62,12 @@ def _as_baseline(baseline: Any, x: np.ndarray) -> np.ndarray:
     try:
         b = np.broadcast_to(np.asarray(baseline, dtype=np.float64), x.shape)
     except (TypeError, ValueError):
-        raise BadOptionError(
+        raise ValueError(
             f"baseline must be a number or an array broadcastable to {x.shape}, got "
             f"{type(baseline).__name__} {np.shape(baseline)}"
         ) from None
     if not np.all(np.isfinite(b)):
-        raise BadOptionError("baseline must be finite")
+        raise ValueError("baseline must be finite")
     return b
 
 
@@ -131,14 +97,11 @@ def saliency_map(attribution: np.ndarray, channel_axis: int, reduce: str = "max_
     - ``"sum_abs"``: sum over channels of |a|.
     - ``"l2"``: Euclidean norm over channels.
     """
-    _check_choice("reduce", reduce, REDUCES)
+    require(Choice(REDUCES), "reduce", reduce)
+    require(Int(-3, 2), "channel_axis", channel_axis)
     a = np.asarray(attribution)
     if a.ndim != 3:
         raise ValueError(f"attribution must have 3 dimensions, got shape {a.shape}")
-    if isinstance(channel_axis, bool) or not isinstance(channel_axis, (int, np.integer)) or not (
-        -3 <= channel_axis <= 2
-    ):
-        raise BadOptionError(f"channel_axis must be an axis of a 3-D array, got {channel_axis!r}")
     if reduce == "max_abs":
         return np.abs(a).max(axis=channel_axis)
     if reduce == "sum":
@@ -173,62 +136,37 @@ def gradient_x_input(x: np.ndarray, grad_fn: GradFn, baseline: Any = 0.0) -> np.
 # ---------------------------------------------------------------------------------------------
 
 
-def ig_quadrature(steps: int, method: str = "riemann_trapezoid") -> tuple[np.ndarray, np.ndarray]:
-    """Nodes ``alphas`` in [0, 1] and weights (summing to 1) of the IG path integral, (steps,) each.
-
-    - ``"riemann_trapezoid"`` (default): ``steps`` equally spaced nodes 0, 1/(steps-1), ..., 1,
-      weights 1/(steps-1) with both ends halved (the composite trapezoid rule: error O(1/steps^2)
-      for smooth models, and the endpoints give S_c(baseline) and S_c(x) for free). Needs
-      steps >= 2. Note: captum's "riemann_trapezoid" uses the same nodes but weights 1/steps
-      (ends halved), which sum to (steps-1)/steps; its attributions are ours times (steps-1)/steps.
-    - ``"riemann_middle"``: nodes (k + 1/2)/steps, weights 1/steps (same as captum).
-    - ``"riemann_left"`` / ``"riemann_right"``: nodes k/steps / (k+1)/steps, weights 1/steps.
-    - ``"gausslegendre"``: Gauss-Legendre nodes and weights mapped to [0, 1] (same as captum).
+def ig_quadrature(steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes ``alphas`` in [0, 1] and weights (summing to 1) of the IG path integral, (steps,)
+    each: the composite trapezoid rule on ``steps`` >= 2 equally spaced nodes 0, 1/(steps-1),
+    ..., 1 (error O(1/steps^2) for smooth models; the ends give S_c(baseline) and S_c(x) for
+    free). captum's "riemann_trapezoid" uses the same nodes but weights 1/steps (ends halved),
+    which sum to (steps-1)/steps: its attributions are ours times (steps-1)/steps.
     """
-    _check_choice("method", method, IG_METHODS)
-    steps = _check_int("steps", steps, 2 if method == "riemann_trapezoid" else 1)
-    if method == "riemann_trapezoid":
-        alphas = np.linspace(0.0, 1.0, steps)
-        weights = np.full(steps, 1.0 / (steps - 1))
-        weights[[0, -1]] /= 2.0
-    elif method == "gausslegendre":
-        nodes, w = np.polynomial.legendre.leggauss(steps)
-        alphas, weights = 0.5 * (nodes + 1.0), 0.5 * w
-    else:
-        offset = {"riemann_left": 0.0, "riemann_middle": 0.5, "riemann_right": 1.0}[method]
-        alphas = (np.arange(steps) + offset) / steps
-        weights = np.full(steps, 1.0 / steps)
-    return alphas, weights
+    steps = require(Int(2), "steps", steps)
+    weights = np.full(steps, 1.0 / (steps - 1))
+    weights[[0, -1]] /= 2.0
+    return np.linspace(0.0, 1.0, steps), weights
 
 
 def _ig_one(
     x: np.ndarray, grad_fn: GradFn, b: np.ndarray, alphas: np.ndarray, weights: np.ndarray,
     batch_size: int,
 ) -> tuple[np.ndarray, dict[str, float]]:
-    """IG from one baseline ``b`` (float64, x's shape): attribution (float64) and completeness."""
-    # S_c(baseline) and S_c(x) are needed for completeness: evaluate alpha 0 and 1 with weight 0
-    # when the rule does not already contain them.
-    alphas, weights = list(alphas), list(weights)
-    for end in (0.0, 1.0):
-        if end not in alphas:
-            alphas.append(end)
-            weights.append(0.0)
-    alphas_a, weights_a = np.asarray(alphas), np.asarray(weights)
+    """IG from one baseline ``b`` (float64, x's shape): attribution (float64) and the scores at
+    both ends (the trapezoid rule's first and last nodes), for completeness."""
     x64 = x.astype(np.float64)
     diff = x64 - b
     total = np.zeros(x.shape, dtype=np.float64)
-    scores = np.empty(len(alphas_a), dtype=np.float64)
+    scores = np.empty(len(alphas), dtype=np.float64)
     expand = (slice(None),) + (None,) * x.ndim
-    for start in range(0, len(alphas_a), batch_size):
-        a = alphas_a[start:start + batch_size]
+    for start in range(0, len(alphas), batch_size):
+        a = alphas[start:start + batch_size]
         batch = (b[None] + a[expand] * diff[None]).astype(x.dtype)
         s, g = _call(grad_fn, batch)
         scores[start:start + batch_size] = s
-        total += np.tensordot(weights_a[start:start + batch_size], g, axes=1)
-    attribution = diff * total
-    score_x = float(scores[alphas.index(1.0)])
-    score_b = float(scores[alphas.index(0.0)])
-    return attribution, {"score_x": score_x, "score_baseline": score_b}
+        total += np.tensordot(weights[start:start + batch_size], g, axes=1)
+    return diff * total, {"score_x": float(scores[-1]), "score_baseline": float(scores[0])}
 
 
 def _completeness(attribution_sum: float, delta: float) -> float:
@@ -245,14 +183,12 @@ def integrated_gradients(
     baselines: list[Any] | None = None,
     steps: int = 64,
     batch_size: int = 16,
-    method: str = "riemann_trapezoid",
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Integrated gradients of ``x``: (attribution shaped like x, info).
 
     attribution = (x - b) * sum_k w_k dS_c/dx(b + alpha_k (x - b)), with nodes / weights from
-    ``ig_quadrature(steps, method)`` (default: trapezoid rule on ``steps`` equally spaced points
-    including both ends). ``grad_fn`` is called on at most ``batch_size`` path points at a time
-    (plus the points alpha = 0 and 1 if the rule lacks them, for the completeness check).
+    ``ig_quadrature(steps)`` (the trapezoid rule on ``steps`` equally spaced points including
+    both ends). ``grad_fn`` is called on at most ``batch_size`` path points at a time.
 
     ``baseline``: a number or an array broadcastable to x (None: zeros). ``baselines``: a list of
     such baselines instead (e.g. XRAI's black and white); the attribution is the mean of the
@@ -261,19 +197,19 @@ def integrated_gradients(
     info: ``attribution_sum`` = sum(attr); ``score_x`` = S_c(x); ``score_baseline`` = S_c(b)
     (mean over baselines); ``delta`` = score_x - score_baseline; ``relative_error`` =
     |attribution_sum - delta| / |delta| (completeness: 0 up to the quadrature error);
-    ``per_baseline``: the same keys for each baseline; ``steps``, ``method``, ``calls``.
+    ``per_baseline``: the same keys for each baseline; ``steps``, ``calls``.
     """
     x = _as_input(x)
     if baseline is not None and baselines is not None:
-        raise BadOptionError("give baseline or baselines, not both")
+        raise ValueError("give baseline or baselines, not both")
     if baselines is None:
         baselines = [0.0 if baseline is None else baseline]
     elif isinstance(baselines, (str, bytes)) or not hasattr(baselines, "__len__") or (
         len(baselines) == 0
     ):
-        raise BadOptionError("baselines must be a non-empty list of numbers or arrays")
-    batch_size = _check_int("batch_size", batch_size, 1)
-    alphas, weights = ig_quadrature(steps, method)
+        raise ValueError("baselines must be a non-empty list of numbers or arrays")
+    batch_size = require(BATCH, "batch_size", batch_size)
+    alphas, weights = ig_quadrature(steps)
     bs = [_as_baseline(b, x) for b in baselines]
 
     total = np.zeros(x.shape, dtype=np.float64)
@@ -288,7 +224,6 @@ def integrated_gradients(
             "relative_error": _completeness(s, delta),
         })
     attribution = total / len(bs)
-    n_points = len(set(alphas.tolist()) | {0.0, 1.0})
     score_x = float(np.mean([p["score_x"] for p in per_baseline]))
     score_b = float(np.mean([p["score_baseline"] for p in per_baseline]))
     s = float(attribution.sum())
@@ -300,8 +235,7 @@ def integrated_gradients(
         "relative_error": _completeness(s, score_x - score_b),
         "per_baseline": per_baseline,
         "steps": int(steps),
-        "method": method,
-        "calls": len(bs) * -(-n_points // batch_size),
+        "calls": len(bs) * -(-len(alphas) // batch_size),
     }
     return attribution.astype(_out_dtype(x)), info
 
@@ -319,71 +253,77 @@ def smoothgrad(
     noise: float = 0.15,
     batch_size: int = 16,
     seed: int = 0,
-    base: str = "gradient",
-    squared: bool = False,
 ) -> np.ndarray:
-    """SmoothGrad: mean of ``base`` over ``samples`` noisy copies x + e, e ~ N(0, sigma^2).
+    """SmoothGrad: mean gradient over ``samples`` noisy copies x + e, e ~ N(0, sigma^2).
 
-    sigma = ``noise`` * (max(x) - min(x)) (Smilkov et al. recommend 10-20 %). ``base``:
-    ``"gradient"`` (g(x + e)) or ``"gradient_x_input"`` ((x + e) * g(x + e), as captum's
-    NoiseTunnel over InputXGradient). ``squared``: mean of the squares (SmoothGrad-Squared).
-    The noise comes from ``numpy.random.default_rng(seed)``, drawn in sample order, so the result
-    depends on ``seed`` but not on ``batch_size``.
+    sigma = ``noise`` * (max(x) - min(x)) (Smilkov et al. recommend 10-20 %). The noise comes
+    from ``numpy.random.default_rng(seed)``, drawn in sample order, so the result depends on
+    ``seed`` but not on ``batch_size``.
     """
     x = _as_input(x)
-    samples = _check_int("samples", samples, 1)
-    batch_size = _check_int("batch_size", batch_size, 1)
-    noise = _check_number("noise", noise, 0.0)
-    _check_choice("base", base, SMOOTHGRAD_BASES)
-    if not isinstance(squared, (bool, np.bool_)):
-        raise BadOptionError(f"squared must be true or false, got {squared!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise BadOptionError(f"seed must be an integer, got {seed!r}")
+    samples = require(Int(1), "samples", samples)
+    batch_size = require(BATCH, "batch_size", batch_size)
+    noise = require(Number(0.0), "noise", noise)
+    seed = require(SEED, "seed", seed)
     x64 = x.astype(np.float64)
     sigma = noise * float(x64.max() - x64.min())
-    rng = np.random.default_rng(int(seed))
+    rng = np.random.default_rng(seed)
     total = np.zeros(x.shape, dtype=np.float64)
     for start in range(0, samples, batch_size):
         n = min(batch_size, samples - start)
         batch = (x64[None] + sigma * rng.standard_normal((n, *x.shape))).astype(x.dtype)
-        _, g = _call(grad_fn, batch)
-        if base == "gradient_x_input":
-            g = batch.astype(np.float64) * g
-        total += np.square(g).sum(axis=0) if squared else g.sum(axis=0)
+        total += _call(grad_fn, batch)[1].sum(axis=0)
     return (total / samples).astype(_out_dtype(x))
 
 
 # ---------------------------------------------------------------------------------------------
-# Registry
+# Registry entries: each attribution reduced to (H, W) by the max of |.| over the channels
 # ---------------------------------------------------------------------------------------------
 
-
-def _ig_attribution(x: np.ndarray, grad_fn: GradFn, **params: Any) -> np.ndarray:
-    """``integrated_gradients`` without the info dict."""
-    return integrated_gradients(x, grad_fn, **params)[0]
+BATCH_HELP = "inputs per model call (speed and memory only)"
 
 
-def _uniform(fn: Callable[..., Any], signature_of: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap ``fn`` as ``(x, grad_fn, **params)``: unknown params raise BadOptionError."""
-    allowed = tuple(list(inspect.signature(signature_of).parameters)[2:])
-
-    def method(x: np.ndarray, grad_fn: GradFn, **params: Any) -> np.ndarray:
-        unknown = sorted(set(params) - set(allowed))
-        if unknown:
-            raise BadOptionError(
-                f"unknown option(s) {', '.join(unknown)} for {signature_of.__name__}; "
-                f"choose from: {', '.join(allowed) or '(none)'}"
-            )
-        return fn(x, grad_fn, **params)
-
-    method.__name__ = signature_of.__name__
-    method.__doc__ = signature_of.__doc__
-    return method
+def _map(inputs: Inputs, attribution: np.ndarray) -> np.ndarray:
+    return saliency_map(attribution, inputs.channel_axis)
 
 
-GRADIENT_METHODS: dict[str, Callable[..., np.ndarray]] = {
-    "gradient": _uniform(gradient, gradient),
-    "gradient-x-input": _uniform(gradient_x_input, gradient_x_input),
-    "integrated-gradients": _uniform(_ig_attribution, integrated_gradients),
-    "smoothgrad": _uniform(smoothgrad, smoothgrad),
-}
+@method("gradient", needs={"input_grad"}, meta=True,
+        summary="input gradient, max of |.| over channels",
+        reference="Simonyan et al., 2014; captum Saliency: identical")
+def _gradient(inputs: Inputs) -> Output:
+    return Output(_map(inputs, inputs.input_grad))
+
+
+@method("gradient-x-input", needs={"input_grad"}, meta=True,
+        summary="input gradient times the input, max of |.| over channels",
+        reference="Shrikumar et al., 2016; captum InputXGradient: identical")
+def _gradient_x_input(inputs: Inputs) -> Output:
+    return Output(_map(inputs, inputs.input_grad * inputs.x))
+
+
+@method("integrated-gradients", needs={"grad_fn"},
+        summary="zero baseline, trapezoid rule, batched; max of |.| over channels",
+        reference="Sundararajan et al., 2017; captum IntegratedGradients: 1.6e-7 relative")
+def _integrated_gradients(
+        inputs: Inputs, *,
+        steps: Annotated[int, Int(2, 100_000), "integrated-gradients: path steps"] = 64,
+        batch_size: Annotated[int, BATCH, BATCH_HELP] = 16,
+        baseline: Annotated[float, Number(), "integrated-gradients: baseline value in the "
+                            "normalised input space"] = 0.0) -> Output:
+    attribution, _ = integrated_gradients(inputs.x, inputs.grad_fn, baseline, steps=steps,
+                                          batch_size=batch_size)
+    return Output(_map(inputs, attribution))
+
+
+@method("smoothgrad", needs={"grad_fn"},
+        summary="mean gradient over noisy copies; max of |.| over channels",
+        reference="Smilkov et al., 2017; reproducibility, zero-noise limit")
+def _smoothgrad(
+        inputs: Inputs, *,
+        samples: Annotated[int, Int(1, 1_000_000), "smoothgrad: noisy samples"] = 50,
+        noise: Annotated[float, Number(0.0), "smoothgrad: noise std, fraction of the input "
+                         "range"] = 0.15,
+        batch_size: Annotated[int, BATCH, BATCH_HELP] = 16,
+        seed: Annotated[int, SEED, "random seed"] = 0) -> Output:
+    return Output(_map(inputs, smoothgrad(inputs.x, inputs.grad_fn, samples=samples,
+                                          noise=noise, batch_size=batch_size, seed=seed)))

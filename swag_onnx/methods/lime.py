@@ -27,14 +27,16 @@ The map gives every pixel the weight of its segment (positive = evidence for the
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import numpy as np
 
-from swag_onnx.errors import BadOptionError
-from swag_onnx.methods.gradients import _check_int, _check_number
+from swag_onnx.methods.registry import Inputs, Output, method
+from swag_onnx.validation import BATCH, SEED, Int, Number, require
 
 ProbFn = Callable[[np.ndarray], np.ndarray]
+SAMPLES = Int(2, 1_000_000)
+KERNEL_WIDTH = Number(0.0, low_open=True)
 
 
 def quickshift_segments(
@@ -118,35 +120,29 @@ def lime(
     if not np.issubdtype(x.dtype, np.floating):
         x = x.astype(np.float32)
     if x.ndim != 3:
-        raise BadOptionError(f"x must have 3 dimensions, got shape {x.shape}")
+        raise ValueError(f"x must have 3 dimensions, got shape {x.shape}")
     if isinstance(channel_axis, bool) or channel_axis not in (0, -1, 2):
-        raise BadOptionError(f"channel_axis must be 0 or -1, got {channel_axis!r}")
+        raise ValueError(f"channel_axis must be 0 or -1, got {channel_axis!r}")
     xc = x if channel_axis == 0 else np.moveaxis(x, -1, 0)  # (C, H, W) view of x
     hw = xc.shape[1:]
-    samples = _check_int("samples", samples, 2)
-    batch_size = _check_int("batch_size", batch_size, 1)
-    seed = _check_int("seed", seed, 0)
-    target = _check_int("target", target, 0)
-    kernel_width = _check_number("kernel_width", kernel_width, 0.0)
-    alpha = _check_number("alpha", alpha, 0.0)
-    if kernel_width <= 0:
-        raise BadOptionError(f"kernel_width must be > 0, got {kernel_width!r}")
+    samples = require(SAMPLES, "samples", samples)
+    batch_size = require(BATCH, "batch_size", batch_size)
+    seed = require(SEED, "seed", seed)
+    target = require(Int(0), "target", target)
+    kernel_width = require(KERNEL_WIDTH, "kernel_width", kernel_width)
+    alpha = require(Number(0.0), "alpha", alpha)
     if segments is None:
-        kernel_size = _check_number("kernel_size", kernel_size, 0.0)
-        max_dist = _check_number("max_dist", max_dist, 0.0)
-        ratio = _check_number("ratio", ratio, 0.0)
-        if kernel_size <= 0 or max_dist <= 0:
-            raise BadOptionError("kernel_size and max_dist must be > 0")
-        if ratio > 1:
-            raise BadOptionError(f"ratio must be in [0, 1], got {ratio!r}")
+        kernel_size = require(Number(0.0, low_open=True), "kernel_size", kernel_size)
+        max_dist = require(Number(0.0, low_open=True), "max_dist", max_dist)
+        ratio = require(Number(0.0, 1.0), "ratio", ratio)
         view = np.asarray(view)
         if view.shape != (*hw, 3):
-            raise BadOptionError(f"view must have shape {(*hw, 3)}, got {view.shape}")
+            raise ValueError(f"view must have shape {(*hw, 3)}, got {view.shape}")
         seg = quickshift_segments(view, kernel_size, max_dist, ratio, seed)
     else:
         seg = np.asarray(segments)
         if seg.shape != hw or not np.issubdtype(seg.dtype, np.integer):
-            raise BadOptionError(f"segments must be an integer array of shape {hw}, got {seg.dtype} {seg.shape}")
+            raise ValueError(f"segments must be an integer array of shape {hw}, got {seg.dtype} {seg.shape}")
         seg = np.unique(seg, return_inverse=True)[1].reshape(hw).astype(np.int64)
     n = int(seg.max()) + 1
 
@@ -175,7 +171,7 @@ def lime(
         if p.ndim != 2 or p.shape[0] != b:
             raise ValueError(f"probabilities returned shape {p.shape} for a batch of {b}; expected ({b}, K)")
         if target >= p.shape[1]:
-            raise BadOptionError(f"target {target} out of range for {p.shape[1]} classes")
+            raise ValueError(f"target {target} out of range for {p.shape[1]} classes")
         z[done : done + b] = zb
         y[done : done + b] = p[:, target]
         done += b
@@ -186,3 +182,20 @@ def lime(
     w = np.sqrt(np.exp(-(d**2) / kernel_width**2))
     weights, _ = weighted_ridge(z, y, w, alpha)
     return weights[seg].astype(np.float32), seg, weights
+
+
+@method("lime", needs={"probabilities", "image"}, progress=True, regions="quickshift segments",
+        summary="quickshift superpixels (4, 200, 0.2), random on/off samples (off = the "
+        "region's mean), cosine kernel width 0.25, weighted ridge (alpha 1); positive weights",
+        reference="Ribeiro et al., 2016; the lime package with the same segments and seed: "
+        "weights equal to 1e-7")
+def _lime(inputs: Inputs, *,
+          samples: Annotated[int, SAMPLES, "lime: perturbed samples"] = 1000,
+          kernel_width: Annotated[float, KERNEL_WIDTH, "lime: cosine kernel width"] = 0.25,
+          batch_size: Annotated[int, BATCH, "inputs per model call (speed and memory only)"] = 50,
+          seed: Annotated[int, SEED, "random seed"] = 0) -> Output:
+    saliency, segments, _ = lime(inputs.x, inputs.image, inputs.probabilities, inputs.target,
+                                 channel_axis=inputs.channel_axis, samples=samples,
+                                 kernel_width=kernel_width, batch_size=batch_size, seed=seed,
+                                 progress=inputs.progress)
+    return Output(np.maximum(saliency, 0.0), segments)  # evidence for the class only

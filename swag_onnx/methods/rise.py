@@ -20,43 +20,31 @@ Masks are generated and consumed ``batch_size`` at a time, so memory is bounded 
 ``batch_size`` inputs whatever ``masks`` is. The random numbers are drawn per mask in mask order
 (grid cells, then the two shifts) from ``numpy.random.default_rng(seed)``, so the map depends
 on ``seed`` but not on ``batch_size``. Sums are accumulated in float64.
-
-``PERTURBATION_METHODS`` maps CLI names to callables ``(x, probabilities, target, **params)``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import cv2
 import numpy as np
 
-from swag_onnx.errors import BadOptionError
-from swag_onnx.methods.gradients import _check_int
+from swag_onnx.methods.registry import Inputs, Output, method
+from swag_onnx.validation import BATCH, SEED, Int, Number, require
 
 ProbFn = Callable[[np.ndarray], np.ndarray]
-
-
-def _check_probability(name: str, value: Any) -> float:
-    """``value`` as a float; BadOptionError unless a number strictly between 0 and 1."""
-    if isinstance(value, (bool, np.bool_)):
-        raise BadOptionError(f"{name} must be a number in (0, 1), got {value!r}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise BadOptionError(f"{name} must be a number in (0, 1), got {value!r}") from None
-    if not 0.0 < number < 1.0:
-        raise BadOptionError(f"{name} must be a number in (0, 1), got {value!r}")
-    return number
+MASKS = Int(1, 10_000_000)
+GRID = Int(1, 1024)
+PROBABILITY = Number(0.0, 1.0, low_open=True, high_open=True)
 
 
 def _spatial_shape(x: np.ndarray, channel_axis: Any) -> tuple[int, int]:
     """(H, W) of a 3-D ``x`` whose channels are on ``channel_axis`` (0 or -1)."""
     if x.ndim != 3:
-        raise BadOptionError(f"x must be one image of 3 dimensions, got shape {x.shape}")
+        raise ValueError(f"x must be one image of 3 dimensions, got shape {x.shape}")
     if isinstance(channel_axis, bool) or channel_axis not in (0, -1, 2):
-        raise BadOptionError(f"channel_axis must be 0 or -1, got {channel_axis!r}")
+        raise ValueError(f"channel_axis must be 0 or -1, got {channel_axis!r}")
     if channel_axis == 0:
         return int(x.shape[1]), int(x.shape[2])
     return int(x.shape[0]), int(x.shape[1])
@@ -107,14 +95,12 @@ def rise(
     """
     x = np.asarray(x)
     height, width = _spatial_shape(x, channel_axis)
-    masks = _check_int("masks", masks, 1)
-    grid = _check_int("grid", grid, 1)
-    batch_size = _check_int("batch_size", batch_size, 1)
-    seed = _check_int("seed", seed, 0)
-    p = _check_probability("p", p)
-    if isinstance(target, (bool, np.bool_)) or not isinstance(target, (int, np.integer)):
-        raise BadOptionError(f"target must be a class index, got {target!r}")
-    target = int(target)
+    masks = require(MASKS, "masks", masks)
+    grid = require(GRID, "grid", grid)
+    batch_size = require(BATCH, "batch_size", batch_size)
+    seed = require(SEED, "seed", seed)
+    p = require(PROBABILITY, "p", p)
+    target = require(Int(0), "target", target)
 
     rng = np.random.default_rng(seed)
     total = np.zeros((height, width), np.float64)
@@ -126,11 +112,11 @@ def rise(
         batch = (x[None] * mb).astype(x.dtype, copy=False)
         probs = np.asarray(probabilities(batch))
         if probs.ndim != 2 or probs.shape[0] != count:
-            raise BadOptionError(
+            raise ValueError(
                 f"probabilities must return shape ({count}, K), got {probs.shape}"
             )
         if not 0 <= target < probs.shape[1]:
-            raise BadOptionError(f"target {target} out of range for {probs.shape[1]} classes")
+            raise ValueError(f"target {target} out of range for {probs.shape[1]} classes")
         scores = probs[:, target].astype(np.float64)
         total += np.tensordot(scores, m.astype(np.float64), axes=1)
         done += count
@@ -139,4 +125,16 @@ def rise(
     return (total / (masks * p)).astype(np.float32)
 
 
-PERTURBATION_METHODS: dict[str, Callable[..., np.ndarray]] = {"rise": rise}
+@method("rise", needs={"probabilities"}, progress=True,
+        summary="random 7x7 grids (p 0.5), bilinear with a random shift, batched (memory "
+        "bounded)", reference="Petsiuk et al., BMVC 2018; toy model with known evidence, "
+        "batch-size independence")
+def _rise(inputs: Inputs, *,
+          masks: Annotated[int, MASKS, "rise: random masks"] = 4000,
+          grid: Annotated[int, GRID, "rise: grid cells per side"] = 7,
+          p: Annotated[float, PROBABILITY, "rise: probability that a cell is on"] = 0.5,
+          batch_size: Annotated[int, BATCH, "inputs per model call (speed and memory only)"] = 64,
+          seed: Annotated[int, SEED, "random seed"] = 0) -> Output:
+    return Output(rise(inputs.x, inputs.probabilities, inputs.target,
+                       channel_axis=inputs.channel_axis, masks=masks, grid=grid, p=p,
+                       batch_size=batch_size, seed=seed, progress=inputs.progress))

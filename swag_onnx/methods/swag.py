@@ -31,18 +31,27 @@ values it actually used in ``SwagResult.params``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from scipy import ndimage
 from skimage.segmentation import slic
 
-from swag_onnx.errors import BadOptionError
+from swag_onnx.methods.registry import Inputs, Output, alias, method
+from swag_onnx.validation import Choice, Int, Number, Optional, require
 
 SOURCES = ("image", "gradient", "combined")
 ATTRIBUTIONS = ("gradient", "gradient_x_input")
 SIGNS = ("abs", "positive", "signed")
 REDUCES = ("max", "sum", "l2")
+# the checks of every option (the API checks user values with them before any model run)
+CHECKS = {
+    "attribution": Choice(ATTRIBUTIONS), "sign": Choice(SIGNS), "reduce": Choice(REDUCES),
+    "smooth_sigma": Number(0.0), "n_segments": Int(1, 1_000_000),
+    "compactness": Number(0.0, low_open=True), "sigma": Number(0.0),
+    "gradient_weight": Number(0.0), "clip_quantile": Number(0.0, 1.0, low_open=True),
+    "top_k": Int(1),
+}
 
 _PIXEL_DEFAULTS: dict[str, Any] = {
     # Gradient x input, max over channels of |.|: measured on EfficientNet-Lite0 over 7
@@ -117,24 +126,6 @@ class SwagResult:
     params: dict[str, Any]
 
 
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    """Raise BadOptionError (one line) unless ``value`` is one of ``choices``."""
-    if not isinstance(value, str) or value not in choices:
-        raise BadOptionError(f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
-
-
-def _check_number(name: str, value: Any, *, minimum: float, strict: bool = False) -> float:
-    """``value`` as a float; BadOptionError unless finite and >= minimum (> if strict)."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise BadOptionError(f"{name} must be a number, got {value!r}") from None
-    if not np.isfinite(number) or number < minimum or (strict and number == minimum):
-        bound = ">" if strict else ">="
-        raise BadOptionError(f"{name} must be a finite number {bound} {minimum}, got {value!r}")
-    return number
-
-
 def _check_hw(name: str, array: np.ndarray, ndim: int) -> None:
     """Raise ValueError unless ``array`` has ``ndim`` dimensions (a caller bug, not user error)."""
     if array.ndim != ndim:
@@ -163,16 +154,15 @@ def pixel_map(
                "signed" sign(sum_c v_c) * sqrt(sum_c v_c^2).
     smooth_sigma: standard deviation in pixels of a Gaussian applied to the (H, W) map; 0 = none.
     """
-    _check_choice("attribution", attribution, ATTRIBUTIONS)
-    _check_choice("sign", sign, SIGNS)
-    _check_choice("reduce", reduce, REDUCES)
-    smooth_sigma = _check_number("smooth_sigma", smooth_sigma, minimum=0.0)
+    for name, value in (("attribution", attribution), ("sign", sign), ("reduce", reduce)):
+        require(CHECKS[name], name, value)
+    smooth_sigma = require(CHECKS["smooth_sigma"], "smooth_sigma", smooth_sigma)
     g = np.asarray(grad, dtype=np.float32)
     _check_hw("grad", g, 3)
     if attribution == "gradient_x_input":
         x = model_input if model_input is not None else image
         if x is None:
-            raise BadOptionError("attribution 'gradient_x_input' needs model_input (or image)")
+            raise ValueError("attribution 'gradient_x_input' needs model_input (or image)")
         x = np.asarray(x, dtype=np.float32)
         if x.shape != g.shape:
             raise ValueError(f"input shape {x.shape} differs from gradient shape {g.shape}")
@@ -246,7 +236,7 @@ def superpixels(
     clip_quantile: quantile the map is clipped at before min-max normalising (1.0 = none).
     None for any of them takes ``DEFAULTS[source]``.
     """
-    _check_choice("source", source, SOURCES)
+    require(Choice(SOURCES), "source", source)
     p = _resolve_slic(source, n_segments, compactness, sigma, gradient_weight, clip_quantile)
     common = dict(
         n_segments=p["n_segments"],
@@ -290,27 +280,10 @@ def _smooth(a: np.ndarray, sigma: float) -> np.ndarray:
 
 def _resolve_slic(source, n_segments, compactness, sigma, gradient_weight, clip_quantile):
     """Fill None SLIC parameters from DEFAULTS[source] and validate them; return a dict."""
-    d = DEFAULTS[source]
-    n = d["n_segments"] if n_segments is None else n_segments
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise BadOptionError(f"n_segments must be an integer >= 1, got {n!r}")
-    q = d["clip_quantile"] if clip_quantile is None else clip_quantile
-    q = _check_number("clip_quantile", q, minimum=0.0, strict=True)
-    if q > 1:
-        raise BadOptionError(f"clip_quantile must lie in (0, 1], got {clip_quantile!r}")
-    return {
-        "n_segments": int(n),
-        "compactness": _check_number(
-            "compactness", d["compactness"] if compactness is None else compactness,
-            minimum=0.0, strict=True,
-        ),
-        "sigma": _check_number("sigma", d["sigma"] if sigma is None else sigma, minimum=0.0),
-        "gradient_weight": _check_number(
-            "gradient_weight", d["gradient_weight"] if gradient_weight is None else gradient_weight,
-            minimum=0.0,
-        ),
-        "clip_quantile": q,
-    }
+    given = {"n_segments": n_segments, "compactness": compactness, "sigma": sigma,
+             "gradient_weight": gradient_weight, "clip_quantile": clip_quantile}
+    return {name: require(CHECKS[name], name, DEFAULTS[source][name] if value is None else value)
+            for name, value in given.items()}
 
 
 def region_scores(
@@ -328,9 +301,7 @@ def region_scores(
         raise ValueError(f"pmap {p.shape} and labels {lab.shape} must be the same (H, W) shape")
     if not np.issubdtype(lab.dtype, np.integer) or (lab.size and lab.min() < 0):
         raise ValueError("labels must be non-negative integers")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer))
-                              or top_k < 1):
-        raise BadOptionError(f"top_k must be an integer >= 1 or None, got {top_k!r}")
+    top_k = require(Optional(CHECKS["top_k"]), "top_k", top_k)
     flat = lab.ravel()
     counts = np.bincount(flat)
     sums = np.bincount(flat, weights=p.ravel(), minlength=counts.size)
@@ -377,7 +348,7 @@ def swag(
     and params (every value used, the unused ones of a source included, plus
     ``used_model_input``).
     """
-    _check_choice("source", source, SOURCES)
+    require(Choice(SOURCES), "source", source)
     d = DEFAULTS[source]
     pix = {
         "attribution": d["attribution"] if attribution is None else attribution,
@@ -403,3 +374,55 @@ def swag(
         "used_model_input": bool(model_input is not None),
     }
     return SwagResult(saliency=saliency, labels=labels, pixel_map=pmap, params=params)
+
+
+# ---------------------------------------------------------------------------------- registry
+
+PER_SOURCE = "per source, see swag_onnx.methods.swag.DEFAULTS"
+SWAG_SUMMARY = {
+    "image": "SWAG: mean pixel map over SLIC superpixels of the photo (Lab)",
+    "gradient": "SWAG: mean pixel map over SLIC superpixels of the gradient map",
+    "combined": "SWAG: mean pixel map over SLIC superpixels of the photo and the gradient map",
+}
+
+
+def _register(source: str) -> None:
+    def run(inputs: Inputs, *,
+            attribution: Annotated[Any, Optional(CHECKS["attribution"]), "SWAG pixel map: "
+                                   "gradient or gradient_x_input"] = None,
+            sign: Annotated[Any, Optional(CHECKS["sign"]), "SWAG: abs, positive or signed"]
+            = None,
+            reduce: Annotated[Any, Optional(CHECKS["reduce"]), "SWAG channel reduction: max, "
+                              "sum or l2"] = None,
+            smooth_sigma: Annotated[Any, Optional(CHECKS["smooth_sigma"]), "SWAG: Gaussian "
+                                    "smoothing of the pixel map"] = None,
+            n_segments: Annotated[Any, Optional(CHECKS["n_segments"]), "SLIC: number of "
+                                  "superpixels"] = None,
+            compactness: Annotated[Any, Optional(CHECKS["compactness"]), "SLIC compactness"]
+            = None,
+            sigma: Annotated[Any, Optional(CHECKS["sigma"]), "SLIC pre-smoothing"] = None,
+            gradient_weight: Annotated[Any, Optional(CHECKS["gradient_weight"]), "weight of "
+                                       "the gradient channel (combined)"] = None,
+            clip_quantile: Annotated[Any, Optional(CHECKS["clip_quantile"]), "quantile the "
+                                     "gradient map is clipped at before SLIC"] = None,
+            top_k: Annotated[Any, Optional(CHECKS["top_k"]), "keep only the k best regions"]
+            = None) -> Output:
+        channels_last = (lambda a: a) if inputs.channel_axis == -1 else \
+            (lambda a: a.transpose(1, 2, 0))
+        result = swag(channels_last(inputs.input_grad), inputs.image.astype(np.float32) / 255.0,
+                      model_input=channels_last(inputs.x), source=source,
+                      attribution=attribution, sign=sign, reduce=reduce,
+                      smooth_sigma=smooth_sigma, n_segments=n_segments, compactness=compactness,
+                      sigma=sigma, gradient_weight=gradient_weight, clip_quantile=clip_quantile,
+                      top_k=top_k)
+        return Output(result.saliency, result.labels, result.params)
+
+    run.__name__ = f"_swag_{source}"
+    method(f"swag-{source}", needs={"input_grad", "image"}, meta=True, regions="SLIC superpixels",
+           summary=SWAG_SUMMARY[source],
+           reference="Hartley et al., WACV 2021 (this project's reading: README, SWAG)")(run)
+
+
+for _source in SOURCES:
+    _register(_source)
+alias("swag", lambda options: f"swag-{Choice(SOURCES)('superpixels', options.get('superpixels', 'image'))}")

@@ -34,6 +34,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from swag_onnx.validation import Int, require
+
 ProbabilityFn = Callable[[np.ndarray], np.ndarray]
 
 LAYOUTS = ("CHW", "HWC")
@@ -65,7 +67,7 @@ def _layout(layout: str) -> str:
     return name
 
 
-def _image(model_input: np.ndarray, layout: str) -> tuple[np.ndarray, str]:
+def one_image(model_input: np.ndarray, layout: str) -> tuple[np.ndarray, str]:
     """One model input, (C, H, W) / (H, W, C) or with a leading batch axis of 1 -> float32 copy."""
     x = np.asarray(model_input)
     if x.ndim == 4 and x.shape[0] == 1:
@@ -78,7 +80,7 @@ def _image(model_input: np.ndarray, layout: str) -> tuple[np.ndarray, str]:
     return np.array(x, dtype=np.float32), _layout(layout)
 
 
-def _hw(x: np.ndarray, layout: str) -> tuple[int, int]:
+def spatial_size(x: np.ndarray, layout: str) -> tuple[int, int]:
     return (x.shape[1], x.shape[2]) if layout == "CHW" else (x.shape[0], x.shape[1])
 
 
@@ -86,12 +88,6 @@ def _flat(x: np.ndarray, layout: str) -> np.ndarray:
     """A (C, H*W) or (H*W, C) view of one image (pixel axis indexable by flat pixel index)."""
     c = x.shape[0] if layout == "CHW" else x.shape[2]
     return x.reshape(c, -1) if layout == "CHW" else x.reshape(-1, c)
-
-
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
 
 
 def default_step(height: int, width: int, steps: int = STEPS_PER_CURVE) -> int:
@@ -105,7 +101,7 @@ def curve_fractions(height: int, width: int, step: int | None = None) -> np.ndar
     Point k has ``min(k * step, H * W)`` pixels changed; starts at 0.0 and ends at 1.0.
     """
     n = height * width
-    step = default_step(height, width) if step is None else _check_positive_int("step", step)
+    step = default_step(height, width) if step is None else require(Int(1), "step", step)
     points = -(-n // step) + 1
     return np.minimum(np.arange(points) * step, n) / n
 
@@ -145,8 +141,8 @@ def blur(model_input: np.ndarray, layout: str = "CHW", *, ksize: int = BLUR_KSIZ
     ksize: odd kernel side (default 11); sigma: standard deviation in pixels (default 5.0);
     border: "reflect" (cv2.BORDER_REFLECT_101, default) or "zero" (zero padding, as RISE's code).
     """
-    x, layout = _image(model_input, layout)
-    ksize = _check_positive_int("ksize", ksize)
+    x, layout = one_image(model_input, layout)
+    ksize = require(Int(1), "ksize", ksize)
     if ksize % 2 == 0:
         raise ValueError(f"ksize must be odd, got {ksize}")
     if not sigma > 0:
@@ -218,14 +214,14 @@ def _curve(start: np.ndarray, finish: np.ndarray, order: np.ndarray, probabiliti
 
 
 def _prepare(model_input, saliency, layout, step, batch_size):
-    x, layout = _image(model_input, layout)
-    h, w = _hw(x, layout)
+    x, layout = one_image(model_input, layout)
+    h, w = spatial_size(x, layout)
     order = pixel_order(saliency)
     if np.shape(saliency) != (h, w):
         raise ValueError(f"saliency has shape {np.shape(saliency)}, the model input is {(h, w)}; "
                          "bring it to the model input resolution first (to_model_resolution)")
-    step = default_step(h, w) if step is None else _check_positive_int("step", step)
-    return x, layout, order, step, _check_positive_int("batch_size", batch_size)
+    step = default_step(h, w) if step is None else require(Int(1), "step", step)
+    return x, layout, order, step, require(Int(1), "batch_size", batch_size)
 
 
 def deletion_curve(model_input: np.ndarray, saliency: np.ndarray, probabilities: ProbabilityFn,

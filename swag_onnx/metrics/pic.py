@@ -57,7 +57,8 @@ import cv2
 import numpy as np
 from scipy.spatial import Delaunay
 
-from swag_onnx.metrics.insertion_deletion import _check_positive_int, auc, pixel_order
+from swag_onnx.metrics.insertion_deletion import auc, pixel_order
+from swag_onnx.validation import Int, require
 
 RgbProbabilityFn = Callable[[np.ndarray], np.ndarray]
 
@@ -321,8 +322,8 @@ def pic_curves(rgb_uint8: np.ndarray, saliency: np.ndarray, probabilities: RgbPr
     if reveal not in REVEALS:
         raise ValueError(f"reveal must be one of {', '.join(REVEALS)}, got {reveal!r}")
     t = _thresholds(thresholds)
-    batch_size = _check_positive_int("batch_size", batch_size)
-    num_points = _check_positive_int("num_points", num_points)
+    batch_size = require(Int(1), "batch_size", batch_size)
+    num_points = require(Int(1), "num_points", num_points)
     revealed = np.minimum(np.floor(t * h * w + 0.5).astype(np.int64), h * w)
     known = random_mask(h, w, seed=seed, rng=rng, fraction=mask_fraction)
     start = interpolate_image(x, known)

@@ -43,5 +43,7 @@ def supported_ops() -> list[str]:
 
 # Importing the rule modules fills the registry.
 from swag_onnx.graph.rules import (  # noqa: E402,F401
-    activations, arithmetic, conv, normalization, pooling, tensor_ops,
+    activations, arithmetic, conv, normalization, pooling, quantization, resampling, tensor_ops,
+    transformer,
 )
+from swag_onnx.graph.rules.quantization import INTEGER_OUTPUTS, INTEGER_PASSTHROUGH  # noqa: E402,F401

@@ -77,7 +77,7 @@ def gemm(g, n, dys, needs):
         grads[1] = (g.op("Gemm", dy, a, alpha=alpha, transA=1, transB=trans_a) if trans_b
                     else g.op("Gemm", a, dy, alpha=alpha, transA=1 - trans_a))
     if len(needs) > 2 and needs[2]:
-        scaled = dy if beta == 1.0 else g.op("Mul", dy, g.scalar_like(beta, dy))
+        scaled = dy if beta == 1.0 else g.op("Mul", dy, g.scalar_like(beta, n.outputs[0]))
         grads[2] = g.unbroadcast(scaled, n.inputs[2], n.outputs[0])
     return grads
 

@@ -1,5 +1,5 @@
-"""Gradient rule of Conv: with respect to its input X, and (for meta-saliency) its weights W and
-bias B.
+"""Gradient rules of Conv and ConvTranspose (at the end). Conv: with respect to its input X,
+and (for meta-saliency) its weights W and bias B.
 
 dX is a transposed convolution of dY with the same weights. onnxruntime's ConvTranspose is slow
 for grouped (depthwise) kernels, so where it is exact we use a plain Conv instead:
@@ -64,15 +64,21 @@ def conv(g, n, dys, needs):
 def _weight_grad(g, n, dy):
     """dW [M, C/group, k...] of a Conv, from dY [N, M, y...] and the input X [N, C, x...]."""
     x, w = n.inputs[:2]
-    kernel, strides, dilations, begins, _ = _geometry(g, n)
-    rank = len(kernel)
+    kernel, strides, dilations, _, _ = _geometry(g, n)
     pads = shapes.explicit_pads(g.shape(x)[2:], kernel, strides, dilations, n.attrs.get("pads"),
                                 n.attrs.get("auto_pad", "NOTSET"))
+    return correlate_taps(g, x, dy, g.shape(w), list(g.shape(n.outputs[0])[2:]), strides,
+                          dilations, pads, n.attrs["group"])
+
+
+def correlate_taps(g, x, dy, w_shape, y_sizes, strides, dilations, pads, group):
+    """dW [M, C/group, k...] = sum over images and positions y of dY[o, y] * Xpad[g(o) i,
+    y s + k d], for X [N, C, x...] padded by `pads`, dY [N, M, y...] (y_sizes its spatial dims)."""
+    kernel = list(w_shape[2:])
+    rank = len(kernel)
     if any(pads):
-        x = g.op("Pad", x, g.ints([0, 0] + pads[:rank] + [0, 0] + pads[rank:]))
-    m, c_per_group = g.shape(w)[:2]
-    group = n.attrs["group"]
-    y_sizes = g.shape(n.outputs[0])[2:]
+        x = g.op("Pad", x, g.ints([0, 0] + list(pads[:rank]) + [0, 0] + list(pads[rank:])))
+    m, c_per_group = w_shape[:2]
     axes = list(range(2, 2 + rank))
     taps = []
     for tap in itertools.product(*[range(k) for k in kernel]):
@@ -99,7 +105,7 @@ def _input_grad(g, n, dy):
     if min(conv_begin + conv_end) < 0 or (strided and group == 1):
         return _conv_transpose(g, n, dy, strides, dilations, begins, tails)
     if strided:
-        dy = _insert_zeros(g, dy, g.shape(n.inputs[1])[0], strides)
+        dy = _insert_zeros(g, dy, g.shape(n.inputs[1])[0], strides, n.outputs[0])
     return g.op("Conv", dy, _flipped_transposed_weight(g, n), dilations=dilations,
                 group=group, pads=conv_begin + conv_end)
 
@@ -126,9 +132,73 @@ def _flipped_transposed_weight(g, n):
                 g.ints(spatial), g.ints([-1] * n_sp))
 
 
-def _insert_zeros(g, dy, channels, strides):
-    """Put s-1 zeros between samples of dy along each spatial axis (length (n-1)*s+1): a
-    depthwise ConvTranspose with a 1x1 kernel of ones, several times faster in onnxruntime than
-    padding a reshaped tensor."""
-    ones = np.ones([channels, 1] + [1] * len(strides), dtype=np.float32)
-    return g.op("ConvTranspose", dy, g.const(ones), group=channels, strides=strides)
+def _insert_zeros(g, dy, channels, strides, y):
+    """Put s-1 zeros between samples of dy (the gradient of forward output y) along each spatial
+    axis (length (n-1)*s+1): a depthwise ConvTranspose with a 1x1 kernel of ones, several times
+    faster in onnxruntime than padding a reshaped tensor."""
+    ones = np.ones([channels, 1] + [1] * len(strides))
+    return g.op("ConvTranspose", dy, g.const_like(ones, y), group=channels, strides=strides)
+
+
+# ----- ConvTranspose -----------------------------------------------------------------------------
+# y = ConvTranspose(x, W) is the adjoint of the Conv z -> Conv(z, W) (same strides, dilations,
+# pads, groups; W [C_in, C_out/group, k...] is read as a Conv weight [M, C/group, k...]), so
+# dX = Conv(dY, W) and dW is that Conv's weight gradient with dY as its input and x as its
+# output gradient. output_padding only lengthens y: those positions are read by no window of x.
+
+
+def _transpose_pads(g, n):
+    """Explicit [begins..., ends...] pads of a ConvTranspose (from output_shape / auto_pad via
+    the static output size)."""
+    x, w, y = n.inputs[0], n.inputs[1], n.outputs[0]
+    x_sizes, y_sizes = g.shape(x)[2:], g.shape(y)[2:]
+    kernel = list(n.attrs.get("kernel_shape") or g.shape(w)[2:])
+    rank = len(kernel)
+    auto_pad = n.attrs.get("auto_pad", "NOTSET")
+    if auto_pad in ("", "NOTSET") and not n.attrs.get("output_shape"):
+        return list(n.attrs.get("pads") or [0] * (2 * rank))
+    if auto_pad == "VALID":
+        return [0] * (2 * rank)
+    strides = list(n.attrs.get("strides") or [1] * rank)
+    dilations = list(n.attrs.get("dilations") or [1] * rank)
+    adjust = list(n.attrs.get("output_padding") or [0] * rank)
+    totals = [s * (i - 1) + a + shapes.effective_kernel(k, d) - o for i, o, k, s, d, a
+              in zip(x_sizes, y_sizes, kernel, strides, dilations, adjust)]
+    # An odd total puts the extra pad at the end for SAME_UPPER, at the start otherwise (as
+    # onnxruntime does; output_shape without auto_pad follows the spec's "else" branch).
+    begins = [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in totals]
+    return begins + [t - b for t, b in zip(totals, begins)]
+
+
+def _conv_transpose_check(g, n):
+    reason = _conv_check(g, n)
+    if reason is None and (g.shape(n.outputs[0]) is None
+                           or any(d is None for d in g.shape(n.outputs[0])[2:])):
+        reason = "ConvTranspose whose output spatial size is not static"
+    rank = len(g.shape(n.inputs[0]) or ()) - 2
+    strides = n.attrs.get("strides") or [1] * rank
+    if reason is None and any(a >= s for a, s in zip(n.attrs.get("output_padding") or [], strides)):
+        reason = "ConvTranspose with output_padding not below its stride"
+    if reason is None and min(_transpose_pads(g, n)) < 0:  # tf2onnx's spelling of output_padding
+        reason = "ConvTranspose with negative pads"
+    return reason.replace("Conv whose", "ConvTranspose whose") if reason else None
+
+
+@rule("ConvTranspose", check=_conv_transpose_check)
+def conv_transpose(g, n, dys, needs):
+    x, w = n.inputs[:2]
+    rank = g.rank(x) - 2
+    strides = list(n.attrs.get("strides") or [1] * rank)
+    dilations = list(n.attrs.get("dilations") or [1] * rank)
+    pads = _transpose_pads(g, n)
+    dy = dys[0]
+    grads = [None] * len(n.inputs)
+    if needs[0]:
+        grads[0] = g.op("Conv", dy, w, strides=strides, dilations=dilations, pads=pads,
+                        group=n.attrs["group"])
+    if needs[1]:
+        grads[1] = correlate_taps(g, dy, x, g.shape(w), list(g.shape(x)[2:]), strides,
+                                  dilations, pads, n.attrs["group"])
+    if len(needs) > 2 and needs[2]:
+        grads[2] = g.reduce_sum(dys[0], [0] + list(range(2, rank + 2)), keepdims=False)
+    return grads

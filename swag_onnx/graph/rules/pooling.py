@@ -1,9 +1,10 @@
 """Gradient rules of pooling and reductions: MaxPool, AveragePool, Global*Pool, ReduceMean/Sum.
 
-MaxPool avoids ScatterElements (slow in onnxruntime): a copy of the pool returns each window's
-argmax (first maximum on ties, as torch), whose offset inside the window picks one of K kernel
-taps; a ConvTranspose with one-hot kernels [K, 1, k...] then adds every window's gradient back at
-its input position, overlapping windows included. AveragePool divides
+MaxPool: a copy of the pool returns each window's argmax (first maximum on ties, as torch); from
+opset 16 dY is scatter-added there (ScatterElements, reduction "add": overlapping windows add
+up); below opset 16, the argmax offset inside its window picks one of K kernel taps and a
+ConvTranspose with one-hot kernels [K, 1, k...] adds every window's gradient back at its input
+position. AveragePool divides
 dY by each window's element count and spreads it with an all-ones ConvTranspose.
 """
 
@@ -74,7 +75,8 @@ def max_pool(g, n, dys, needs):
     # in torch). From opset 16 dY is scatter-added there (overlapping windows add up); below,
     # the argmax offset inside each window selects one of K one-hot ConvTranspose kernels.
     _, indices = g.op("MaxPool", n.inputs[0], n_out=2, **_pool_attrs(n))
-    if g.opset >= SCATTER_MIN_OPSET:
+    # onnxruntime's CPU ScatterElements cannot add float16
+    if g.opset >= SCATTER_MIN_OPSET and g.dtype(n.inputs[0]) != onnx.TensorProto.FLOAT16:
         flat = g.ints([-1])
         zeros = g.op("Reshape", g.zeros_like(n.inputs[0]), flat)
         spread = g.op("ScatterElements", zeros, g.op("Reshape", indices, flat),

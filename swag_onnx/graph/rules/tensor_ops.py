@@ -1,7 +1,7 @@
 """Gradient rules of ops that move data without arithmetic: reshapes, Transpose, Concat, Split,
-Slice, Pad, Expand, Gather, Tile. Shape-dependent quantities are computed in the graph from Shape(x),
-so models whose pads or slice bounds are computed at run time (\"same\" padding subgraphs) work;
-onnxruntime folds them away where shapes are static."""
+Slice (any step), Pad, Expand, Gather, Tile. Shape-dependent quantities are computed in the graph
+from Shape(x), so models whose pads or slice bounds are computed at run time (\"same\" padding
+subgraphs) work; onnxruntime folds them away where shapes are static."""
 
 from __future__ import annotations
 
@@ -61,10 +61,12 @@ def _constant_or_absent(g, n, index, what):
 
 def _slice_check(g, n):
     steps = g.value(n.input(4))
-    if n.input(4) and (steps is None or np.any(steps != 1)):
-        return "Slice with steps other than 1"
+    if n.input(4) and steps is None:
+        return "Slice with computed (non-constant) steps"
     if n.input(3) == "" and (g.shape(n.input(1)) or [None])[0] is None:
         return "Slice whose number of sliced axes is unknown"
+    if g.shape(n.inputs[0]) is None:
+        return "Slice whose input rank is unknown"
     return _constant_or_absent(g, n, 3, "axes")
 
 
@@ -84,20 +86,58 @@ def _pads_vector(g, rank, axes, begins, ends):
 
 @rule("Slice", check=_slice_check)
 def slice_(g, n, dys, needs):
-    # dx = Pad(dy) with begin = clamp(start), end = dim - clamp(end), clamped as ONNX does.
-    x = n.inputs[0]
+    # y takes m elements start, start + step, ... along each axis. dy is first laid out densely
+    # over the span those elements cover (reversed for negative steps, |step| - 1 zeros between
+    # elements), then padded with zeros to the input: before by the span's lowest index lo,
+    # after by dim - lo - span.
+    x, y = n.inputs[0], n.outputs[0]
     axes = _axes_or_all(g, n, 3, g.shape(n.input(1))[0])
-    dims = _dims(g, x, axes)
+    steps = [1] * len(axes) if not n.input(4) else [int(s) for s in g.value(n.input(4))]
+    dims, counts = _dims(g, x, axes), _dims(g, y, axes)
+    dy = dys[0]
+    for axis, step in zip(axes, steps):
+        dy = _spread_axis(g, dy, axis, step, g.rank(x))
+    zero, one = g.ints([0]), g.ints([1])
+    start = _clamped_start(g, n.inputs[1], dims, steps)
+    last = g.op("Mul", g.op("Sub", counts, one), g.ints(steps))  # (m - 1) step
+    lo = g.op("Where", g.const(np.array(steps) > 0, np.bool_), start, g.op("Add", start, last))
+    span = g.op("Where", g.op("Greater", counts, zero),
+                g.op("Add", g.op("Abs", last), one), zero)
+    lo = g.op("Min", lo, g.op("Sub", dims, span))  # empty slices: any place inside the input
+    pads = _pads_vector(g, g.rank(x), axes, lo, g.op("Sub", g.op("Sub", dims, lo), span))
+    return _none_for_rest(g.op("Pad", dy, pads), n)
+
+
+def _clamped_start(g, starts, dims, steps):
+    """int64 [len(axes)]: ONNX's effective start index (negative counts from the end; clamped to
+    [0, dim] for positive steps, [0, dim - 1] for negative ones)."""
     zero = g.ints([0])
+    starts = g.op("Where", g.op("Less", starts, zero), g.op("Add", starts, dims), starts)
+    upper = g.op("Sub", dims, g.ints([int(s < 0) for s in steps]))
+    return g.op("Min", g.op("Max", starts, zero), upper)
 
-    def clamp(bound):
-        bound = g.op("Where", g.op("Less", bound, zero), g.op("Add", bound, dims), bound)
-        return g.op("Min", g.op("Max", bound, zero), dims)
 
-    begins, ends = clamp(n.inputs[1]), clamp(n.inputs[2])
-    ends = g.op("Max", ends, begins)  # an empty slice takes nothing from the input
-    pads = _pads_vector(g, g.rank(x), axes, begins, g.op("Sub", dims, ends))
-    return _none_for_rest(g.op("Pad", dys[0], pads), n)
+def _spread_axis(g, dy, axis, step, rank):
+    """dy laid out over the span its elements came from along `axis`: reversed when step < 0,
+    with |step| - 1 zeros between consecutive elements (length (m - 1) |step| + 1)."""
+    if step < 0:
+        dy = g.op("Slice", dy, g.ints([-1]), g.ints([np.iinfo(np.int64).min]), g.ints([axis]),
+                  g.ints([-1]))
+    stride = abs(step)
+    if stride == 1:
+        return dy
+    gaps = [0] * (2 * (rank + 1))
+    gaps[rank + 1 + axis + 1] = stride - 1  # end padding of the new axis after `axis`
+    spaced = g.op("Pad", g.op("Unsqueeze", dy, g.ints([axis + 1])), g.ints(gaps))
+    merged = g.op("Reshape", spaced, _merged_shape(g, spaced, axis, rank))
+    return g.op("Slice", merged, g.ints([0]), g.ints([1 - stride]), g.ints([axis]))
+
+
+def _merged_shape(g, t, axis, rank):
+    """Target shape that merges axes `axis` and `axis + 1` of the rank + 1 tensor t."""
+    shape = g.op("Shape", t)
+    return g.op("Concat", g.op("Slice", shape, g.ints([0]), g.ints([axis])), g.ints([-1]),
+                g.op("Slice", shape, g.ints([axis + 2]), g.ints([rank + 1])), axis=0)
 
 
 def _pad_check(g, n):
