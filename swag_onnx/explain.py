@@ -120,11 +120,13 @@ class Explainer:
         if meta:
             meta_lr = registry.check_meta([m for m, _ in planned], meta_lr)
         fixed = cards.parse_target(self.card, target, self.num_classes)
+        needs = set().union(*(m.needs for m, _ in planned))
+        if needs & SHARED_RUN:
+            self.runner.gradient  # noqa: B018 (augment and load now: not timed as a model run)
         start = time.perf_counter()
         rgbs = self._load(images)
         batch, geometries = imgs.batch_preprocess(rgbs, self.card)
         prepared = time.perf_counter()
-        needs = set().union(*(m.needs for m, _ in planned))
         outputs, probabilities, targets = self._shared_run(batch, fixed, needs, meta, meta_lr)
         shared = {"decode_preprocess": (prepared - start) * 1e3 / len(rgbs),
                   "forward_backward": (time.perf_counter() - prepared) * 1e3 / len(rgbs)}
