@@ -8,11 +8,9 @@ from __future__ import annotations
 import contextlib
 import inspect as pyinspect
 import re
-import time
 from pathlib import Path
 from typing import Annotated, List, Optional
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -235,6 +233,22 @@ RayOpt = Annotated[Optional[str], typer.Option(
     help="Run on Ray (the optional extra swag-onnx[ray]): with no value, a local Ray runtime; "
          "'auto' or HOST:PORT (ray://HOST:PORT) joins a cluster. One actor per CPU (per GPU "
          "with --provider cuda); the output files are the local run's.")]
+RayWorkersOpt = Annotated[Optional[int], typer.Option(
+    "--ray-workers", metavar="N",
+    help="With --ray: the number of actors (default: as many as the cluster holds now, one per "
+         "CPU, or per GPU with --provider cuda; never more).")]
+
+
+def ray_cluster(ray: str | None, workers: int | None):
+    """distributed.Cluster of --ray and --ray-workers (None without --ray); BadOptionError for
+    --ray-workers without --ray, or not a positive integer."""
+    from swag_onnx import distributed
+
+    if ray is None:
+        if workers is not None:
+            raise BadOptionError("--ray-workers needs --ray (it sets the number of Ray actors)")
+        return None
+    return distributed.Cluster(ray, workers)
 
 
 def ray_flag_value(args: list[str]) -> list[str]:
@@ -281,28 +295,6 @@ def _card_overrides(input_size, layout, resize, mean, std, offset, divisor, labe
             "crop": "center" if resize else None, "scaling": scaling, "class_names": names}
 
 
-def write_explanation(result, stem: str, out_dir: Path, boundaries: bool) -> float:
-    """Write <stem>.<method>.png/.npy/.json atomically; returns the time taken (ms)."""
-    from swag_onnx import images as imgs
-
-    start = time.perf_counter()
-    top = result.target
-    probability = next((t["probability"] for t in result.top5 if t["index"] == top["index"]),
-                       None)
-    caption = f"{top['label']}" + (f" {probability:.1%}" if probability is not None else "") \
-        + f" | {result.method}"
-    base = str(out_dir / f"{stem}.{result.method}")
-    picture = imgs.overlay(result.image, result.saliency, caption,
-                           boundaries=result.labels if boundaries else None)
-    imgs.write_png(base + ".png", picture)
-    imgs.write_npy(base + ".npy", result.saliency.astype(np.float32))
-    elapsed = (time.perf_counter() - start) * 1e3
-    record = result.record()
-    record["timings_ms"]["writing"] = round(elapsed, 2)
-    imgs.write_json(base + ".json", record)
-    return elapsed
-
-
 def _summary(rows) -> None:
     table = Table(title="explanations", title_justify="left")
     for column in ("image", "top-1", "target", "method", "ms"):
@@ -329,12 +321,11 @@ def _progress(total: int):
 def run_explain(explainer, items, out_dir: Path, methods, target, params, batch_size,
                 boundaries, superpixels: str = "image", meta: bool = False,
                 meta_lr: float = 0.0025) -> tuple[list[tuple], list[str]]:
-    """Explain evaluate.Items in batches with every method, then write index.html (a gallery
-    of this run's maps); returns (summary rows, problems: images that could not be decoded)."""
-    from swag_onnx.errors import BadImageError
+    """swag_onnx.folder.explain_folder (pipelined: decoding, model runs and writing overlap)
+    with progress bars; returns (summary rows, problems: images that could not be decoded)."""
     from swag_onnx.explain import plan
+    from swag_onnx.folder import explain_folder
 
-    rows, problems, records = [], [], []
     slow = any(entry.progress for entry, _ in plan(methods, params, superpixels))
     with _progress(len(items) + (4 if slow else 0)) as progress:
         task = progress.add_task("explaining", total=len(items))
@@ -345,36 +336,11 @@ def run_explain(explainer, items, out_dir: Path, methods, target, params, batch_
                 samples[method] = progress.add_task(f"{method} samples", total=total)
             progress.update(samples[method], completed=done, total=total)
 
-        for start in range(0, len(items), batch_size):
-            chunk = []
-            for item in items[start:start + batch_size]:
-                try:
-                    chunk.append((item.name, item.load()))
-                except BadImageError as exc:
-                    problems.append(str(exc))
-            if chunk:
-                results = explainer.explain([image for _, image in chunk], method=methods,
-                                            superpixels=superpixels, target=target,
-                                            on_progress=on_progress, meta=meta,
-                                            meta_lr=meta_lr, **params)
-                per_image = len(results) // len(chunk)
-                for k, result in enumerate(results):
-                    stem = chunk[k // per_image][0]
-                    result.timings_ms["writing"] = write_explanation(result, stem, out_dir,
-                                                                      boundaries)
-                    best = result.top5[0]
-                    rows.append((stem, f"{best['label']} ({best['probability']:.1%})",
-                                 result.target["label"], result.method,
-                                 f"{sum(result.timings_ms.values()):.0f}"))
-                    records.append({"stem": stem, "method": result.method,
-                                    "png": f"{stem}.{result.method}.png",
-                                    "target": result.target, "top5": result.top5})
-            progress.advance(task, len(items[start:start + batch_size]))
-    if records:
-        from swag_onnx import html
-
-        html.write_explain_index(out_dir, records)
-    return rows, problems
+        return explain_folder(explainer, items, out_dir, methods, target=target, params=params,
+                              batch_size=batch_size, boundaries=boundaries,
+                              superpixels=superpixels, meta=meta, meta_lr=meta_lr,
+                              on_progress=on_progress,
+                              on_item=lambda _: progress.advance(task))
 
 
 def _check_out(out_dir: Path) -> None:
@@ -416,6 +382,7 @@ def explain(
                                                      "scaling.")] = None,
     labels: Annotated[Optional[Path], typer.Option(help="Class names, one per line.")] = None,
     ray: RayOpt = None,
+    ray_workers: RayWorkersOpt = None,
     **options,
 ):
     """Explain images: writes <name>.<method>.png, .npy and .json per image and method."""
@@ -426,6 +393,7 @@ def explain(
     params = {k: v for k, v in options.items() if v is not None}
     with user_errors():
         _check_out(out_dir)
+        cluster = ray_cluster(ray, ray_workers)
         planned = plan(method, params, superpixels)  # every option checked before any run
         if meta:
             check_meta([entry for entry, _ in planned], meta_lr)
@@ -439,9 +407,12 @@ def explain(
                               provider=provider if ray is None else "cpu", threads=threads)
         items, problems = items_from_paths(images)
         if ray is not None and items:
-            rows, bad = distributed.run_explain(
-                distributed.Cluster(ray), explainer, args, items, out_dir, method, target,
-                params, batch_size, boundaries, superpixels, meta, meta_lr)
+            with _progress(len(items)) as progress:
+                task = progress.add_task("explaining (Ray)", total=len(items))
+                rows, bad = distributed.run_explain(
+                    cluster, explainer, args, items, out_dir, method, target, params,
+                    batch_size, boundaries, superpixels, meta, meta_lr,
+                    on_items=lambda count: progress.advance(task, count))
         else:
             rows, bad = run_explain(explainer, items, out_dir, method, target, params,
                                     batch_size, boundaries, superpixels, meta,
@@ -483,18 +454,22 @@ def evaluate(
     provider: ProviderOpt = "auto",
     threads: ThreadsOpt = None,
     ray: RayOpt = None,
+    ray_workers: RayWorkersOpt = None,
     **options,
 ):
     """Score saliency methods with the registered metrics: writes results.csv, curves/,
     summary.md, curves.png and overlays.png into --out."""
-    if ray is None:
+    with user_errors():
+        cluster = ray_cluster(ray, ray_workers)
+    if cluster is None:
         from swag_onnx.evaluate import evaluate as run_evaluation
     else:  # the same job, the images explained and scored by Ray actors
         import functools
 
         from swag_onnx import distributed
 
-        run_evaluation = functools.partial(distributed.evaluate, address=ray)
+        run_evaluation = functools.partial(distributed.evaluate, address=cluster.address,
+                                           workers=cluster.workers)
     from swag_onnx.report import fmt, higher_is_better, statistics
 
     with user_errors(), _progress(10) as progress:

@@ -22,27 +22,43 @@ with the package. An actor that dies is restarted by Ray and its unit run again;
 keeps the first answer for each unit.
 
 Ray is an optional extra (`pip install "swag-onnx[ray]"`), imported only here, only when
-`--ray` is used.
+`--ray` is used. Its own output is kept off the terminal (see `_init_quietly`): a run prints
+the local path's progress and summary lines, and an error as one line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import pickle
 import re
 import socket
+import sys
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from swag_onnx.errors import BadImageError, BadOptionError, SwagError
+from swag_onnx.validation import Int
+from swag_onnx.validation import Optional as Maybe
 
 LOCAL = "local"  # --ray with no address: a Ray runtime started on this machine
 INSTALL = 'pip install "swag-onnx[ray]"'
 PROVIDERS = ("auto", "cpu", "cuda")
 CONNECT_TIMEOUT_S = 5.0  # an unreachable head fails fast (ray.init itself retries for minutes)
+WORKERS = Maybe(Int(1))
+# Ray's C++ core writes its log lines straight to file descriptor 2, below FATAL among them an
+# ERROR line for every Ray Data actor pool (ray-project/ray#53727: its constructor arguments
+# are in the object store); read by the processes ray.init starts, a value the user set wins.
+QUIET_ENV = {"RAY_BACKEND_LOG_LEVEL": "fatal"}
+QUIET_LOGGERS = {"ray": logging.ERROR,  # start-up lines (token authentication, ...)
+                 "ray.data": logging.ERROR,  # "Running Dataset", object-store size advice
+                 "ray.data._internal.progress": logging.CRITICAL}  # "progress bars disabled"
 
 
 class RayRunError(SwagError):
@@ -72,13 +88,55 @@ def connect(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     try:
-        ray.init(address=None if local else address, include_dashboard=False if local else None,
-                 logging_level=logging.WARNING)
+        _init_quietly(ray, address=None if local else address,
+                      include_dashboard=False if local else None)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
         raise BadOptionError(f"--ray {address}: no Ray cluster could be joined ("
                              f"{_first_line(exc)}); start one with `ray start --head`, or omit "
                              "the address for a local runtime") from None
     return True
+
+
+def _init_quietly(ray, **init) -> None:
+    """ray.init(**init) printing nothing here: the "ray" loggers at ERROR, the actors' output
+    left in the session's log files (log_to_driver=False: no "(pid=...)" lines), the C++ core
+    at FATAL (QUIET_ENV, set for this call only); the one line in which the C++ core reports
+    that level while it starts is dropped with file descriptor 2 (only during this call, and
+    only when this function set the level). A failure still raises."""
+    env = {name: value for name, value in QUIET_ENV.items() if name not in os.environ}
+    os.environ.update(env)
+    try:
+        with _native_stderr_dropped() if env else contextlib.nullcontext():
+            ray.init(**init, logging_level=logging.ERROR, log_to_driver=False)
+    finally:
+        for name in env:
+            os.environ.pop(name, None)
+
+
+@contextlib.contextmanager
+def _native_stderr_dropped():
+    """File descriptor 2 on /dev/null for the block (sys.stderr flushed first: nothing of
+    Python's is lost). The runtime's processes started meanwhile write their output to the
+    session's log files, not to this descriptor."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _quiet_logs() -> dict:
+    """QUIET_LOGGERS applied; returns the levels to put back."""
+    before = {}
+    for name, level in QUIET_LOGGERS.items():
+        logger = logging.getLogger(name)
+        before[name] = logger.level
+        logger.setLevel(max(level, logger.getEffectiveLevel()))
+    return before
 
 
 def _probe(address: str) -> None:
@@ -110,6 +168,9 @@ class Cluster:
 
     address: str | None = None
     workers: int | None = None
+
+    def __post_init__(self):
+        self.workers = WORKERS("--ray-workers", self.workers)
 
 
 def explainer_args(model=None, card=None, layers=None, provider="auto", threads=None) -> dict:
@@ -171,20 +232,23 @@ def _pool(ray, args: dict, workers: int | None, units: int) -> dict:
 _current = []  # the run in progress in this process (at most one)
 
 
-def stream(cluster: Cluster, args: dict, job, units: list[list]):
+def stream(cluster: Cluster, args: dict, job, units: list[list],
+           arrived: Callable[[int], None] = lambda index: None):
     """Run job(explainer, unit) -> [outcome per element] on the actors for every unit; an
     iterator of each unit's outcomes in the order of `units`, each as soon as the units before
-    it are done. It raises a SwagError a unit failed with, or RayRunError when Ray itself gives
-    up. A run left unfinished (an exception in the caller) is stopped when the next starts:
-    its actors would otherwise hold the CPUs the next one waits for."""
+    it are done; arrived(index) is called as each unit's answer comes back, in the order the
+    actors finish them (progress shows what is done, not only what can be written). It
+    raises a SwagError a unit failed with, or RayRunError when Ray itself gives up. A run
+    left unfinished (an exception in the caller) is stopped when the next starts: its actors
+    would otherwise hold the CPUs the next one waits for."""
     while _current:
         _current.pop().close()
-    run = _stream(cluster, args, job, units)
+    run = _stream(cluster, args, job, units, arrived)
     _current.append(run)
     return run
 
 
-def _stream(cluster: Cluster, args: dict, job, units: list[list]):
+def _stream(cluster: Cluster, args: dict, job, units: list[list], arrived):
     if not units:
         return
     ray = require_ray()
@@ -192,8 +256,7 @@ def _stream(cluster: Cluster, args: dict, job, units: list[list]):
     started = connect(cluster.address)
     context = ray.data.DataContext.get_current()
     bars, context.enable_progress_bars = context.enable_progress_bars, False  # ours show
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "disabled"
+    levels = _quiet_logs()
     answers = None
     finished = []
 
@@ -203,6 +266,8 @@ def _stream(cluster: Cluster, args: dict, job, units: list[list]):
             if answers is not None:
                 answers.close()
             context.enable_progress_bars = bars
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)
             if started:
                 ray.shutdown()
 
@@ -213,7 +278,7 @@ def _stream(cluster: Cluster, args: dict, job, units: list[list]):
                                 batch_size=1, batch_format="numpy",
                                 **_pool(ray, args, cluster.workers, len(units)))
         answers = _answers(ray, done)
-        for index, outcomes in _in_order(answers, len(units)):
+        for index, outcomes in _in_order(answers, len(units), arrived):
             if index == len(units) - 1:
                 finish()  # now, not when the caller drops this iterator
             yield outcomes
@@ -233,13 +298,14 @@ def _answers(ray, dataset):
                           "finished results are kept: rerun to complete") from None
 
 
-def _in_order(answers, total: int):
-    """(index, outcomes) unit by unit in index order; a unit answered twice (an actor
-    restarted after it had answered) counts once."""
+def _in_order(answers, total: int, arrived=lambda index: None):
+    """(index, outcomes) unit by unit in index order, arrived(index) as each comes; a unit
+    answered twice (an actor restarted after it had answered) counts once."""
     waiting, next_index = {}, 0
     for index, outcomes in answers:
         if index < next_index or index in waiting:
             continue
+        arrived(index)
         waiting[index] = outcomes
         while next_index in waiting:
             outcomes = waiting.pop(next_index)
@@ -289,44 +355,33 @@ class ExplainJob:
 
 def run_explain(cluster: Cluster, explainer, args: dict, items, out_dir: Path, methods, target,
                 params, batch_size, boundaries, superpixels: str = "image", meta: bool = False,
-                meta_lr: float = 0.0025) -> tuple[list[tuple], list[str]]:
-    """cli.run_explain with the explanations computed by Ray actors (args: `explainer_args`);
-    `explainer` (this process's, on the CPU) checks the target before any run, and its
-    provider becomes the actors'. Writes the same files; returns (summary rows, problems)."""
+                meta_lr: float = 0.0025, on_items=None) -> tuple[list[tuple], list[str]]:
+    """folder.explain_folder with the explanations computed by Ray actors (args:
+    `explainer_args`); `explainer` (this process's, on the CPU) checks the target before any
+    run, and its provider becomes the actors'. Writes the same files with the same writer;
+    `on_items(count)` is called as the actors finish batches. Returns (summary rows, problems)."""
     from swag_onnx import html
     from swag_onnx.card import parse_target
-    from swag_onnx.cli import _progress, write_explanation
+    from swag_onnx.folder import write_explanation
 
     parse_target(explainer.card, target, explainer.num_classes)  # a bad class: before Ray
     units = [items[s:s + batch_size] for s in range(0, len(items), batch_size)]
     job = ExplainJob(list(methods), target, dict(params), superpixels, meta, meta_lr)
     rows, problems, records = [], [], []
-    with _progress(len(items)) as progress:
-        task = progress.add_task("explaining (Ray)", total=len(items))
-        for unit, outcomes in zip(units, stream(cluster, args, job, units)):
-            for item, outcome in zip(unit, outcomes):
-                if isinstance(outcome, BadImageError):
-                    problems.append(str(outcome))
-                    continue
-                for result in outcome:
-                    _write_one(result, item.name, out_dir, boundaries, rows, records,
-                               write_explanation)
-                    explainer.provider = result.provider
-            progress.advance(task, len(unit))
+    arrived = (lambda index: on_items(len(units[index]))) if on_items else None
+    for unit, outcomes in zip(units, stream(cluster, args, job, units, arrived)):
+        for item, outcome in zip(unit, outcomes):
+            if isinstance(outcome, BadImageError):
+                problems.append(str(outcome))
+                continue
+            for result in outcome:
+                row, record = write_explanation(result, item.name, out_dir, boundaries)
+                rows.append(row)
+                records.append(record)
+                explainer.provider = result.provider
     if records:
         html.write_explain_index(out_dir, records)
     return rows, problems
-
-
-def _write_one(result, stem: str, out_dir: Path, boundaries: bool, rows: list, records: list,
-               write) -> None:
-    """One explanation's files, summary row and index.html record (as cli.run_explain)."""
-    result.timings_ms["writing"] = write(result, stem, out_dir, boundaries)
-    best = result.top5[0]
-    rows.append((stem, f"{best['label']} ({best['probability']:.1%})", result.target["label"],
-                 result.method, f"{sum(result.timings_ms.values()):.0f}"))
-    records.append({"stem": stem, "method": result.method, "png": f"{stem}.{result.method}.png",
-                    "target": result.target, "top5": result.top5})
 
 
 # -------------------------------------------------------------------------------- evaluate
@@ -365,10 +420,12 @@ class EvaluateJob:
 
 class RayCompute:
     """evaluate.run's `compute` on Ray: yields each item's rows in order, after writing the
-    curves and thumbnails its actor returned; `provider` is the actors' (for settings.json)."""
+    curves and thumbnails its actor returned; `provider` is the actors' (for settings.json);
+    arrived(image name, (image, method) pairs) as each item's answer comes back."""
 
-    def __init__(self, cluster: Cluster, args: dict):
-        self.cluster, self.args, self.provider = cluster, args, None
+    def __init__(self, cluster: Cluster, args: dict,
+                 arrived: Callable[[str, int], None] = lambda name, pairs: None):
+        self.cluster, self.args, self.provider, self.arrived = cluster, args, None, arrived
 
     def __call__(self, todo, plan_, out_dir: Path):
         from swag_onnx.files import atomic_write
@@ -376,7 +433,9 @@ class RayCompute:
         out_dir = Path(out_dir)
         units = [[(item, missing, _thumbs(out_dir, item.name, plan_.methods))]
                  for item, missing in todo]
-        for (outcome,) in stream(self.cluster, self.args, EvaluateJob(plan_), units):
+        pairs = len(plan_.methods)
+        for (outcome,) in stream(self.cluster, self.args, EvaluateJob(plan_), units,
+                                 lambda index: self.arrived(units[index][0][0].name, pairs)):
             if isinstance(outcome, BadImageError):
                 yield outcome
                 continue
@@ -391,13 +450,43 @@ def _thumbs(out_dir: Path, image: str, methods) -> list[str]:
             if (out_dir / "thumbs" / f"{image}__{m}.png").exists()]
 
 
+class StreamedProgress:
+    """evaluate's progress(done, total, description) counting the (image, method) pairs the
+    actors have finished but the driver has not yet written (evaluate.run writes in input
+    order and reports an image when it writes it): done + those pairs, never going back."""
+
+    def __init__(self, progress: Callable[[int, int, str], None]):
+        self.progress, self.pending = progress, Counter()
+        self.done, self.total, self.shown = 0, None, 0
+
+    def arrived(self, name: str, pairs: int) -> None:
+        self.pending[name] += pairs
+        self._show(name)
+
+    def written(self, done: int, total: int, name: str) -> None:
+        self.pending[name] -= min(done - self.done, self.pending[name])
+        self.done, self.total = done, total
+        self._show(name)
+
+    def _show(self, name: str) -> None:
+        if self.total is None:  # the total comes with evaluate.run's first report
+            return
+        self.shown = max(self.shown, min(self.done + sum(self.pending.values()), self.total))
+        self.progress(self.shown, self.total, name)
+
+
 def evaluate(images, *args, address: str | None = None, workers: int | None = None, **kwargs):
     """swag_onnx.evaluate.evaluate (same arguments, same files) with the images explained and
-    scored by Ray actors: address as `Cluster`; workers: the number of actors."""
+    scored by Ray actors: address as `Cluster`; workers: the number of actors (None: as many
+    as the cluster holds). progress advances as the actors finish images."""
     from swag_onnx import evaluate as ev
 
     require_ray()
+    cluster = Cluster(address, workers)
     names = ("model", "card", "layers", "provider", "threads")
-    compute = RayCompute(Cluster(address, workers),
-                         explainer_args(**{k: kwargs[k] for k in names if k in kwargs}))
-    return ev.evaluate(images, *args, compute=compute, **kwargs)
+    args_ = explainer_args(**{k: kwargs[k] for k in names if k in kwargs})
+    if kwargs.get("progress") is None:
+        return ev.evaluate(images, *args, compute=RayCompute(cluster, args_), **kwargs)
+    shown = StreamedProgress(kwargs.pop("progress"))
+    return ev.evaluate(images, *args, compute=RayCompute(cluster, args_, shown.arrived),
+                       progress=shown.written, **kwargs)

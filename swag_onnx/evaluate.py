@@ -47,6 +47,9 @@ FORMAT = 2
 SHARED_OPTIONS = ("seed", "batch_size")  # options of the methods and of the metrics alike
 OTHER_CLASS_NEEDS = {"least_class_map": "least probable class",
                      "random_class_map": "random other class"}
+# what a method may read that comes from the model (not its input): a metric that randomises the
+# model's parameters applies only to methods that read one of these
+MODEL_NEEDS = frozenset(method_registry.NEEDS) - {"image", "preprocess"}
 
 __all__ = ["COLUMNS", "RESULTS", "SETTINGS", "Item", "RunReport", "Evaluation", "evaluate",
            "run", "load_settings", "items_from_paths", "match_annotations"]
@@ -132,6 +135,22 @@ def plan(methods, metrics, options: dict, *, annotations_path=None, items=(), me
         recorded.update(meta=True, meta_lr=meta_lr)
     return Plan([m.name for m in chosen], method_given, measures, protocol, recorded,
                 annotations, meta_lr if meta else None)
+
+
+def check_randomisable(methods, metrics, options: dict) -> None:
+    """The metrics that randomise the model (need randomised_maps, e.g. mprt) apply only to
+    methods that read something from the model: BadOptionError naming the others (the control
+    maps added by `evaluate` are not checked: their rows show what a map that ignores the model
+    scores)."""
+    measures = [m.name for m in metric_registry.resolve(metrics) if "randomised_maps" in m.needs]
+    if not measures:
+        return
+    blind = [m.name for m in method_registry.resolve(list(methods) or ["swag"], options)
+             if not m.needs & MODEL_NEEDS]
+    if blind:
+        raise BadOptionError(f"--metric {', '.join(measures)} randomises the model's parameters, "
+                             f"but {', '.join(blind)} read(s) nothing from the model; leave "
+                             f"{'it' if len(blind) == 1 else 'them'} out")
 
 
 def match_annotations(path, items) -> dict:
@@ -254,6 +273,18 @@ class Scorer:
         self.explainer = explainer
         self.batch_size = batch_size
         self.layout = "CHW" if explainer.card["layout"] == "NCHW" else "HWC"
+        self._cascades: dict[int, list] = {}
+
+    def cascade(self, seed: int) -> list[tuple[str, dict]]:
+        """[(stage name, parameter overrides)] of the cascading randomisation (swag_onnx.metrics.
+        mprt.cascade), drawn once per seed: the same randomised models for every image."""
+        from swag_onnx.metrics import mprt
+
+        if seed not in self._cascades:
+            runner = self.explainer.runner
+            self._cascades[seed] = mprt.cascade(runner.parameter_stages(),
+                                                runner.parameter_values(), seed)
+        return self._cascades[seed]
 
     def rgb_probabilities(self, views: np.ndarray) -> np.ndarray:
         """uint8 model-view images (N, h, w, 3) -> probabilities (N, K), batch by batch."""
@@ -304,18 +335,34 @@ class ImageRun:
         self.probabilities = explainer.probabilities(batch)[0]
         self._maps: dict[tuple, object] = {}
 
-    def explanations(self, methods: list[str], target) -> dict:
-        """{method: Explanation} of `target` (None = top-1), computed once per (method, target)."""
-        todo = [m for m in methods if (m, target) not in self._maps]
+    def explanations(self, methods: list[str], target, parameters: dict | None = None) -> dict:
+        """{method: Explanation} of `target` (None = top-1), computed once per (method, target);
+        with `parameters` (overrides of the model's, see Explainer.explain) computed anew."""
+        todo = [m for m in methods if (m, target) not in self._maps or parameters]
         if todo:
             taken = set().union(*(method_registry.METHODS[m].params for m in todo
                                   if m in method_registry.METHODS))
             options = {k: v for k, v in self.plan.method_options.items() if k in taken}
             found = self.explainer.explain([self.rgb], method=todo, target=target,
                                            meta=self.plan.meta_lr is not None,
-                                           meta_lr=self.plan.meta_lr or 0.0, **options)
+                                           meta_lr=self.plan.meta_lr or 0.0,
+                                           parameters=parameters, **options)
+            if parameters:
+                return dict(zip(todo, found))
             self._maps.update({(m, target): e for m, e in zip(todo, found)})
         return {m: self._maps[m, target] for m in methods}
+
+    def randomised_maps(self, method: str, target: int) -> Callable[[int], list]:
+        """seed -> [(stage name, map (h, w) at model resolution)]: `method`'s map of `target` at
+        each stage of the cascading randomisation (Scorer.cascade), computed once per seed."""
+        done: dict[int, list] = {}
+
+        def maps(seed: int) -> list[tuple[str, np.ndarray]]:
+            if seed not in done:
+                done[seed] = [(name, to_model(self.explanations([method], target, overrides)[
+                    method], self)) for name, overrides in self.scorer.cascade(seed)]
+            return done[seed]
+        return maps
 
     def other_class(self, need: str, target: int, seed: int) -> int:
         """The class of a *_class_map need: the least probable one, or a random class other
@@ -329,13 +376,15 @@ class ImageRun:
     def inputs(self, explanation, boxes=None, other_maps=None) -> MetricInputs:
         from swag_onnx.metrics import to_model_resolution
 
+        target = explanation.target["index"]
         return MetricInputs(
             x=self.x, layout=self.scorer.layout, view=self.view,
             saliency=to_model_resolution(explanation.saliency, self.geometry),
-            original=explanation.saliency, target=explanation.target["index"],
+            original=explanation.saliency, target=target,
             probabilities=self.explainer.probabilities,
             rgb_probabilities=self.scorer.rgb_probabilities, image_name=self.item.name,
-            other_maps=other_maps or {}, boxes=boxes)
+            other_maps=other_maps or {}, boxes=boxes,
+            randomised_maps=self.randomised_maps(explanation.method, target))
 
 
 def evaluate_image(explainer, item: Item, plan_: Plan, missing: set, out_dir: Path,
@@ -512,6 +561,7 @@ def evaluate(images, methods=("swag",), metrics=(), out_dir="swag-eval", *, mode
         raise BadOptionError("no images to evaluate" + (": " + "; ".join(problems)
                                                          if problems else ""))
     methods = list(methods) or ["swag"]
+    check_randomisable(methods, metrics, options)  # the user's methods, before the controls
     if controls:
         methods += [name for name, m in method_registry.METHODS.items()
                     if m.control and name not in methods]

@@ -99,7 +99,8 @@ class Explainer:
 
     def explain(self, images, method: str | list[str] = "swag", superpixels: str = "image",
                 target: str | int | None = None, on_progress=None, meta: bool = False,
-                meta_lr: float = META_LR, **params) -> list[Explanation]:
+                meta_lr: float = META_LR, parameters: dict | None = None,
+                **params) -> list[Explanation]:
         """Saliency maps for a batch of images, sharing one forward+backward run between all
         methods that are made from it (the others add their own batched runs).
 
@@ -114,6 +115,11 @@ class Explainer:
         plain SGD step of learning rate `meta_lr` on the cross-entropy of its target class (all
         parameters, batch-norm statistics frozen; a negative rate gives the "adversarial"
         variant); the model itself is untouched. Only for methods flagged `meta`.
+        parameters: {parameter name: array} replacing the model's own values in every model run
+        of this call (the shared run and the model functions the methods call; names and shapes
+        from `self.runner.parameter_values()`), fed through the parameter inputs of the
+        weights-augmented model: nothing is written and later calls see the model's own values
+        (the model-parameter randomisation test, swag_onnx.metrics.mprt).
         Returns the explanations image by image, each image's methods in the order given.
         """
         planned = plan(method, params, superpixels)
@@ -127,7 +133,8 @@ class Explainer:
         rgbs = self._load(images)
         batch, geometries = imgs.batch_preprocess(rgbs, self.card)
         prepared = time.perf_counter()
-        outputs, probabilities, targets = self._shared_run(batch, fixed, needs, meta, meta_lr)
+        outputs, probabilities, targets = self._shared_run(batch, fixed, needs, meta, meta_lr,
+                                                           parameters)
         shared = {"decode_preprocess": (prepared - start) * 1e3 / len(rgbs),
                   "forward_backward": (time.perf_counter() - prepared) * 1e3 / len(rgbs)}
         results = []
@@ -137,7 +144,7 @@ class Explainer:
                     if on_progress is not None and entry.progress else None
                 t0 = time.perf_counter()
                 inputs = self._inputs(entry, batch[i], outputs, i, targets[i], rgb,
-                                      geometries[i], progress)
+                                      geometries[i], progress, parameters)
                 output = entry.run(inputs, **checked)
                 t1 = time.perf_counter()
                 saliency = imgs.normalize(imgs.to_original(output.saliency, geometries[i]))
@@ -156,27 +163,30 @@ class Explainer:
                     labels=labels, image=rgb))
         return results
 
-    def _shared_run(self, batch, fixed, needs, meta, meta_lr):
+    def _shared_run(self, batch, fixed, needs, meta, meta_lr, parameters=None):
         """(gradient outputs or None, probabilities (N, K), target per image): one
         forward+backward run when a method is made from it, else one forward run."""
         if not needs & SHARED_RUN:
-            probabilities = self.probabilities(batch)
+            probabilities = self.probabilities(batch, parameters)
             return None, probabilities, _targets(probabilities, fixed)
         seed = np.zeros((len(batch), self.num_classes), np.float32)  # zero row: the top-1 class
         if fixed is not None:
             seed[:, fixed] = 1.0
-        outputs = self.runner.gradients(batch, seed)
+        outputs = self.runner.gradients(batch, seed, parameters)
         probabilities = softmax(outputs.scores)
         targets = _targets(probabilities, fixed)
         if meta:
             one_hot = np.eye(self.num_classes, dtype=np.float32)[targets]
             outputs = self.runner.stepped_gradients(batch, probabilities - one_hot, one_hot,
-                                                    meta_lr)
+                                                    meta_lr, parameters)
         return outputs, probabilities, targets
 
     def _inputs(self, entry: Method, x, outputs, i: int, target: int, rgb, geometry,
-                progress) -> Inputs:
-        """What `entry` declared it needs, for image i (and nothing else)."""
+                progress, parameters=None) -> Inputs:
+        """What `entry` declared it needs, for image i (and nothing else); the model functions
+        run with `parameters` (see `explain`)."""
+        overridden = functools.partial(functools.partial, parameters=parameters) \
+            if parameters else (lambda function: function)
         inputs = Inputs(x=x, channel_axis=0 if self.card["layout"] == "NCHW" else -1,
                         target=target, progress=progress)
         makers = {
@@ -184,10 +194,10 @@ class Explainer:
             "layers": lambda: {"layers": [self._layer(outputs, t, i) for t in self.runner.layers],
                                "layer_names": list(self.runner.layers)},
             "image": lambda: {"image": imgs.model_view(rgb, geometry)},
-            "probabilities": lambda: {"probabilities": self.probabilities},
-            "scores": lambda: {"scores": self.scores},
-            "grad_fn": lambda: {"grad_fn": self._grad_fn(target)},
-            "layer_scores": lambda: {"layer_scores": [self._layer_scores(t, x)
+            "probabilities": lambda: {"probabilities": overridden(self.probabilities)},
+            "scores": lambda: {"scores": overridden(self.scores)},
+            "grad_fn": lambda: {"grad_fn": self._grad_fn(target, parameters)},
+            "layer_scores": lambda: {"layer_scores": [self._layer_scores(t, x, parameters)
                                                       for t in self.runner.layers]},
             "preprocess": lambda: {"preprocess": lambda image: imgs.preprocess(image,
                                                                                self.card)[0][0]},
@@ -197,14 +207,16 @@ class Explainer:
                 setattr(inputs, key, value)
         return inputs
 
-    def scores(self, batch: np.ndarray) -> np.ndarray:
-        """Logits [N, K] of a preprocessed batch in the model's input layout."""
-        return self.runner.scores(np.ascontiguousarray(batch, np.float32))
+    def scores(self, batch: np.ndarray, parameters: dict | None = None) -> np.ndarray:
+        """Logits [N, K] of a preprocessed batch in the model's input layout (parameters: see
+        `explain`)."""
+        return self.runner.scores(np.ascontiguousarray(batch, np.float32), parameters)
 
-    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+    def probabilities(self, batch: np.ndarray, parameters: dict | None = None) -> np.ndarray:
         """Softmax probabilities [N, K] of a preprocessed batch in the model's input layout (the
-        model function of LIME, RISE and the metrics in swag_onnx.metrics)."""
-        return softmax(self.runner.scores(np.ascontiguousarray(batch, np.float32)))
+        model function of LIME, RISE and the metrics in swag_onnx.metrics; parameters: see
+        `explain`)."""
+        return softmax(self.scores(batch, parameters))
 
     def _layer(self, outputs, layer: str, i: int):
         """(activation, gradient) of a layer for image i, channels first (K, h, w); a token
@@ -229,7 +241,7 @@ class Explainer:
             layout = "NHWC" if nhwc else "NCHW"
         return layout
 
-    def _layer_scores(self, layer: str, x: np.ndarray):
+    def _layer_scores(self, layer: str, x: np.ndarray, parameters=None):
         """acts (N, K, h, w) channels first -> logits (N, K) of the model on input x with the
         layer's activation replaced by acts (AblationCAM's layer override)."""
         if layer in self.runner.contract.layer_tokens:
@@ -239,16 +251,18 @@ class Explainer:
         def head(acts: np.ndarray) -> np.ndarray:
             if self._layer_layout(layer, acts.shape[1:]) == "NHWC":
                 acts = acts.transpose(0, 2, 3, 1)
-            return self.runner.layer_scores(layer, acts, np.ascontiguousarray(x[None], np.float32))
+            images = np.ascontiguousarray(x[None], np.float32)
+            return self.runner.layer_scores(layer, acts, images, parameters)
         return head
 
-    def _grad_fn(self, target: int):
+    def _grad_fn(self, target: int, parameters=None):
         """batch (model layout) -> (target scores (N,), input gradients): the model function
         that integrated gradients and SmoothGrad call (in batches)."""
         def grad_fn(batch):
             seed = np.zeros((len(batch), self.num_classes), np.float32)
             seed[:, target] = 1.0
-            out = self.runner.gradients(np.ascontiguousarray(batch, np.float32), seed)
+            out = self.runner.gradients(np.ascontiguousarray(batch, np.float32), seed,
+                                        parameters)
             return out.scores[:, target], out.input_grad
         return grad_fn
 

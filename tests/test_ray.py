@@ -1,16 +1,22 @@
 """`--ray` (swag_onnx.distributed): explain and evaluate through a local Ray runtime give the
 local path's files (maps within 1e-6, the same results.csv rows and values, the same curves,
 thumbnails and settings); an interrupted Ray run resumes; a killed actor loses no row; bad
-input is one line."""
+input is one line; the actor pool asks Ray for what --ray-workers and --provider say; progress
+follows the actors; a command-line run prints nothing of Ray's."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
+import re
 import signal
 import socket
+import subprocess
 import sys
+import time
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -22,11 +28,23 @@ from typer.testing import CliRunner
 from swag_onnx import distributed
 from swag_onnx import evaluate as ev
 from swag_onnx.cli import app, ray_flag_value
+from swag_onnx.errors import BadOptionError
 
 runner = CliRunner()
 EVAL = ["--method", "gradient", "--method", "gradcam", "--metric", "deletion", "--metric",
         "insertion", "--step", "2240", "--no-controls"]
 ACTOR = "MapWorker(MapBatches(Worker))"  # the title Ray gives an actor of the pool
+
+
+def _sources() -> str:
+    """sha256 of swag_onnx's Python sources: the code an actor imports when it starts."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(distributed.__file__).parent.rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+IMPORTED = _sources()  # the code this process, and so every local run here, imported
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +83,22 @@ def _rows(folder) -> list[tuple]:
 
 
 def _same_folder(mine, theirs) -> None:
-    """Same rows in the same order and byte-identical curves and thumbnails."""
+    """Same rows in the same order and byte-identical curves and thumbnails: bitwise, though the
+    actors run onnxruntime on one thread and the local run on all cores (the thread count
+    changes no bit of these values, maps and thumbnails: measured). The actors import swag_onnx
+    when they start: a difference found after its sources changed since this process imported
+    them (an edit during the test run; new augmentation code gives gradients that may differ
+    in the last bits) is reported as that."""
+    try:
+        _same_files(mine, theirs)
+    except AssertionError as exc:
+        if _sources() != IMPORTED:
+            raise AssertionError(f"{exc}\nswag_onnx's sources changed since this test process "
+                                 "imported them: the actors may have run other code") from None
+        raise
+
+
+def _same_files(mine, theirs) -> None:
     assert _rows(mine) == _rows(theirs)
     for sub in ("curves", "thumbs"):
         names = sorted(p.name for p in (theirs / sub).iterdir())
@@ -77,7 +110,8 @@ def _same_folder(mine, theirs) -> None:
 
 # ------------------------------------------------------------------------------- equality
 
-def test_explain_through_ray_equals_local(ray_runtime, photos, tmp_path):
+def test_explain_through_ray_equals_local(ray_runtime, photos, tmp_path, monkeypatch):
+    pools = _spy_on_pools(monkeypatch)
     (tmp_path / "in").mkdir()
     for p in photos.iterdir():
         (tmp_path / "in" / p.name).write_bytes(p.read_bytes())
@@ -85,8 +119,10 @@ def test_explain_through_ray_equals_local(ray_runtime, photos, tmp_path):
     args = ["explain", str(tmp_path / "in"), "--method", "gradient", "--method", "gradcam",
             "--method", "swag-image", "--batch-size", "2"]  # batches of 2, one with the bad file
     local = runner.invoke(app, args + ["--out", str(tmp_path / "local")])
-    remote = runner.invoke(app, args + ["--ray", "--out", str(tmp_path / "ray")])
+    remote = runner.invoke(app, args + ["--ray", "--ray-workers", "1", "--out",
+                                        str(tmp_path / "ray")])
     assert local.exit_code == remote.exit_code == 1, remote.output  # the bad file is listed
+    assert [p["compute"].max_size for p in pools] == [1]  # --ray-workers 1 of 2 CPUs
     for result in (local, remote):
         assert "broken.png" in result.output and "wrote 12 explanation(s)" in result.output
     names = sorted(p.name for p in (tmp_path / "local").iterdir())
@@ -102,10 +138,13 @@ def test_explain_through_ray_equals_local(ray_runtime, photos, tmp_path):
         (tmp_path / "local" / "index.html").read_bytes()
 
 
-def test_evaluate_through_ray_equals_local(ray_runtime, photos, local_eval, tmp_path):
+def test_evaluate_through_ray_equals_local(ray_runtime, photos, local_eval, tmp_path,
+                                           monkeypatch):
+    pools = _spy_on_pools(monkeypatch)
     out = tmp_path / "ray"
     result = runner.invoke(app, ["evaluate", str(photos), "--ray", "--out", str(out), *EVAL])
     assert result.exit_code == 0, result.output
+    assert [(p["compute"].max_size, p["num_cpus"], p["num_gpus"]) for p in pools] == [(2, 1, 0)]
     assert "4 image(s) evaluated, 0 already done" in result.output
     _same_folder(out, local_eval)
     values = [float(r[5]) for r in _rows(out)]
@@ -115,13 +154,27 @@ def test_evaluate_through_ray_equals_local(ray_runtime, photos, local_eval, tmp_
     assert (out / "summary.md").exists() and (out / "overlays.png").exists()
 
 
+def _spy_on_pools(monkeypatch) -> list[dict]:
+    """The map_batches arguments distributed._pool returns, run by run."""
+    pools, pool = [], distributed._pool
+
+    def spy(*args):
+        pools.append(pool(*args))
+        return pools[-1]
+
+    monkeypatch.setattr(distributed, "_pool", spy)
+    return pools
+
+
 # ------------------------------------------------------------------------------- resuming
 
 def test_interrupted_ray_run_resumes(ray_runtime, photos, local_eval, tmp_path):
     out = tmp_path / "cut"
 
     def stop_at_second_image(done, total, name):
-        if done > 2:  # 2 methods per image: the first image's rows are in, the second's not
+        # reported as the actors finish it, or when it is written (the first report waits
+        # for the first image written): raised before its rows are written
+        if name != "astronaut":
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):  # its Ray run is stopped when the next one starts
@@ -228,3 +281,122 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# -------------------------------------------------------------------- workers and resources
+
+def _nodes(*resources, dead=()) -> SimpleNamespace:
+    """A stand-in for the ray module as _pool reads it: nodes() (a dead node among them when
+    asked) and the real ray.data."""
+    import ray
+
+    nodes = [{"Alive": True, "Resources": r} for r in resources]
+    nodes += [{"Alive": False, "Resources": r} for r in dead]
+    return SimpleNamespace(nodes=lambda: nodes, data=ray.data)
+
+
+def _asked(pool: dict) -> tuple:
+    return pool["compute"].min_size, pool["compute"].max_size, pool["num_cpus"], \
+        pool["num_gpus"]
+
+
+def test_pool_asks_one_cpu_or_one_gpu_per_actor():
+    cpu = {"provider": "cpu", "threads": 1}
+    two_cpus = {"provider": "auto", "threads": 2}
+    cuda = {"provider": "cuda", "threads": 1}
+    cluster = _nodes({"CPU": 3.0}, {"CPU": 2.0, "GPU": 2.0}, dead=[{"CPU": 64.0, "GPU": 8.0}])
+    assert _asked(distributed._pool(cluster, cpu, None, 40)) == (5, 5, 1, 0)
+    assert _asked(distributed._pool(cluster, two_cpus, None, 40)) == (2, 2, 2, 0)  # 1 + 1
+    assert _asked(distributed._pool(cluster, cuda, None, 40)) == (2, 2, 1, 1)
+    assert _asked(distributed._pool(cluster, cuda, 1, 40)) == (1, 1, 1, 1)  # --ray-workers 1
+    assert _asked(distributed._pool(cluster, cpu, 9, 40))[:2] == (5, 5)  # no more than fit
+    assert _asked(distributed._pool(cluster, cpu, None, 3))[:2] == (3, 3)  # nor than units
+    with pytest.raises(BadOptionError, match="no GPU for --provider cuda"):
+        distributed._pool(_nodes({"CPU": 16.0}, dead=[{"GPU": 1.0}]), cuda, None, 4)
+    with pytest.raises(BadOptionError, match="no node with 4 CPU"):
+        distributed._pool(cluster, {"provider": "cpu", "threads": 4}, None, 4)
+
+
+def test_cuda_on_a_cluster_without_gpus_is_one_line(ray_runtime, photos, tmp_path):
+    """Refused before any actor is asked for: Ray would wait for a GPU forever."""
+    for command in (["explain"], ["evaluate", "--no-controls"]):
+        out = tmp_path / command[0]
+        start = time.perf_counter()
+        result = runner.invoke(app, [*command, str(photos / "coffee.png"), "--out", str(out),
+                                     "--ray", "--provider", "cuda"])
+        assert time.perf_counter() - start < 60
+        assert result.exit_code == 2, result.output
+        assert "the Ray cluster has no GPU for --provider cuda" in result.output
+        assert len(result.output.strip().splitlines()) == 1
+        assert not (out / "results.csv").exists() and not list(out.glob("*.npy"))
+
+
+def test_ray_workers_is_checked_before_any_run(photos, tmp_path):
+    for command in (["explain"], ["evaluate", "--no-controls"]):
+        for extra, message in ((["--ray", "--ray-workers", "0"],
+                                "--ray-workers must be an integer >= 1, got 0"),
+                               (["--ray-workers", "2"], "--ray-workers needs --ray")):
+            out = tmp_path / command[0]
+            result = runner.invoke(app, [*command, str(photos / "coffee.png"), "--out",
+                                         str(out), *extra])
+            assert result.exit_code == 2, result.output
+            assert message in result.output and len(result.output.strip().splitlines()) == 1
+            assert not out.exists()
+    with pytest.raises(BadOptionError, match="--ray-workers must be"):
+        distributed.evaluate([photos], workers=-1)
+
+
+# ---------------------------------------------------------------------------------- progress
+
+def test_units_are_reported_as_they_arrive_and_given_in_order():
+    arrivals = []
+    answers = [(2, ["c"]), (0, ["a"]), (2, ["c again"]), (1, ["b"]), (0, ["a again"])]
+    given = list(distributed._in_order(iter(answers), 3, arrivals.append))
+    assert arrivals == [2, 0, 1]  # a repeated answer (a restarted actor) counts once
+    assert given == [(0, ["a"]), (1, ["b"]), (2, ["c"])]
+
+
+def test_evaluate_progress_counts_finished_images_before_they_are_written():
+    seen = []
+    shown = distributed.StreamedProgress(lambda done, total, name: seen.append((done, name)))
+    shown.arrived("b", 2)  # before evaluate.run's first report: the total is not known yet
+    shown.written(2, 8, "skipped")  # an image done in an earlier run
+    shown.arrived("a", 2)
+    shown.written(4, 8, "a")  # "a" written: it was counted already
+    shown.arrived("c", 2)
+    shown.written(6, 8, "b")
+    shown.written(8, 8, "c")
+    assert seen == [(4, "skipped"), (6, "a"), (6, "a"), (8, "c"), (8, "b"), (8, "c")]
+
+
+def test_evaluate_progress_follows_the_actors(ray_runtime, photos, tmp_path):
+    seen = []
+    distributed.evaluate([photos], ["gradient", "gradcam"], ["deletion"], tmp_path / "o",
+                         controls=False, step=2240,
+                         progress=lambda done, total, name: seen.append((done, total)))
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+    assert seen[-1] == (8, 8) and len(seen) >= 4
+
+
+# --------------------------------------------------------------------------------- quietness
+
+OUR_LINES = re.compile(r"explanations\s*|[┏┃┡│└].*"  # the summary table
+                       r"|wrote 2 explanation\(s\) to .+ \(provider CPUExecutionProvider\)")
+
+
+@pytest.mark.slow
+def test_a_ray_run_prints_only_our_lines(photos, tmp_path):
+    """A command-line run (its own process and Ray runtime, as a user's): the summary table
+    and the "wrote" line, nothing of Ray's (no start-up lines, progress bars, C++ core log
+    lines or "(pid=...)" lines of the actors)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["COLUMNS"] = "300"  # the "wrote" line on one line
+    done = subprocess.run([sys.executable, "-c", "from swag_onnx.cli import main; main()",
+                           "explain", str(photos / "coffee.png"), str(photos / "rocket.png"),
+                           "--method", "gradient", "--ray", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    lines = done.stdout.splitlines()
+    assert [line for line in lines if not OUR_LINES.fullmatch(line)] == [], done.stdout
+    assert len(lines) == 8  # title, 3 header lines, 2 rows, bottom rule, "wrote"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings, strategies as st
+from onnx import TensorProto, helper, numpy_helper
 
 from gradcheck import assert_vjp, away_from, one_node_model, separated, session
 from swag_onnx import augment_model
@@ -223,3 +224,101 @@ def test_average_pool_property(kernel, stride, pads, ceil_mode, include_pad, siz
     attrs = {"kernel_shape": list(kernel), "strides": list(stride), "pads": pads,
              "ceil_mode": ceil_mode, "count_include_pad": include_pad}
     assert_vjp("AveragePool", (1, 2) + size, attrs=attrs, float_eps=0.1)
+
+
+def _float32_input_grad(model, x, seed):
+    return session(augment_model(model)).run(["swag.grad.x"], {"x": x, "swag.seed": seed})[0]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    kernel=st.tuples(st.integers(1, 4), st.integers(1, 4)), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    pads=st.tuples(*[st.integers(0, 2)] * 4), ceil_mode=st.integers(0, 1),
+    dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    size=st.tuples(st.integers(6, 11), st.integers(6, 11)), seed=st.integers(0, 1000),
+)
+def test_max_pool_float32_ties_match_float64(kernel, stride, pads, ceil_mode, dilation,
+                                                     size, seed):
+    """The float32 gradient routes dY exactly as the float64 one (checked by finite differences
+    above), on inputs full of ties (values in {0, 1, 2}: each window's first maximum takes it)."""
+    pads = [min(p, (k - 1) * d // 2) for p, k, d in zip(pads, kernel * 2, dilation * 2)]
+    assume(all((k - 1) * d + 1 <= n + p0 + p1
+               for k, d, n, p0, p1 in zip(kernel, dilation, size, pads[:2], pads[2:])))
+    assume(not ceil_window_outside(size, kernel, stride, pads, ceil_mode, dilation))
+    attrs = {"kernel_shape": list(kernel), "strides": list(stride), "pads": pads,
+             "ceil_mode": ceil_mode, "dilations": list(dilation)}
+    shape = (2, 3) + size
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 3, shape).astype(np.float32)
+    model32 = one_node_model("MaxPool", shape, attrs=attrs, dtype=TensorProto.FLOAT)
+    model64 = one_node_model("MaxPool", shape, attrs=attrs)
+    classes = session(model32).run(None, {"x": x})[0].shape[1]
+    seed_row = rng.integers(1, 2**10, (2, classes)).astype(np.float32)  # sums stay exact
+    got = _float32_input_grad(model32, x, seed_row)
+    want = _float32_input_grad(model64, x.astype(np.float64), seed_row.astype(np.float64))
+    assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("opset", [13, 17])  # ConvTranspose spread; ScatterElements from 16
+def test_max_pool_float32_first_maximum_as_torch(opset):
+    """All-zero windows (ties everywhere, as after a ReLU): torch gives each window's dY to its
+    first element in row-major order; overlapping windows (3x3, stride 2, ceil mode; 3x3,
+    stride 1, pad 1) add up."""
+    import torch
+
+    x = np.zeros((1, 2, 9, 8), np.float32)
+    x[0, 1, 4, 4] = 1.0
+    for kernel, stride, pad, ceil in ((3, 2, 0, 1), (3, 1, 1, 0), (2, 2, 0, 0)):
+        attrs = {"kernel_shape": [kernel] * 2, "strides": [stride] * 2, "pads": [pad] * 4,
+                 "ceil_mode": ceil}
+        model = one_node_model("MaxPool", x.shape, attrs=attrs, dtype=TensorProto.FLOAT,
+                               opset=opset)
+        xt = torch.tensor(x, requires_grad=True)
+        y = torch.nn.functional.max_pool2d(xt, kernel, stride, pad, ceil_mode=bool(ceil))
+        seed_row = np.arange(1, y.numel() + 1, dtype=np.float32).reshape(1, -1)
+        y.backward(torch.tensor(seed_row).reshape(y.shape))
+        assert np.array_equal(_float32_input_grad(model, x, seed_row), xt.grad.numpy())
+
+
+def _identity_conv_then(op, inputs, channels):
+    """x [2, channels, 4, 5] -> 1x1 Conv with identity weights (y = x exactly; with 16 channels
+    onnxruntime runs it in its blocked NCHWc layout) -> op -> Flatten, float32."""
+    shape = (2, channels, 4, 5)
+    model = one_node_model(op, shape, inputs, dtype=TensorProto.FLOAT)
+    graph = model.graph
+    weight = numpy_helper.from_array(np.eye(channels, dtype=np.float32)[:, :, None, None], "w")
+    graph.initializer.append(weight)
+    graph.node.insert(0, helper.make_node("Conv", ["x", "w"], ["conv"]))
+    graph.node[1].input[0] = "conv"
+    return model
+
+
+BOUNDARY_VALUES = np.array([
+    0.0, -0.0, 6.0, np.nextafter(np.float32(6), np.float32(0)), np.nextafter(np.float32(6), np.float32(7)),
+    2.0**-126, -(2.0**-126), 1e-30, 3e38, -3e38, -1.0, 1.5, np.nextafter(np.float32(-1), np.float32(0)),
+    np.nextafter(np.float32(1.5), np.float32(0)), np.nextafter(np.float32(-1), np.float32(-2)),
+    np.nextafter(np.float32(1.5), np.float32(2)), 0.1, np.nextafter(np.float32(0.1), np.float32(1)),
+    20.0, np.nextafter(np.float32(20), np.float32(0)), -0.5, 1.0,
+], np.float32)
+
+
+@pytest.mark.parametrize("channels", [16, 3])  # blocked (BatchNormalization masks) and not
+@pytest.mark.parametrize("op,bounds", [
+    ("Relu", (0.0, None)), ("Clip", (0.0, 6.0)), ("Clip", (-1.0, 1.5)), ("Clip", (-0.5, None)),
+    ("Clip", (None, 1.0)), ("Clip", (0.1, 20.0)),
+])
+def test_float32_activation_masks_exact_at_bounds(op, bounds, channels):
+    """dX = dY exactly where lo < y < hi and 0 at the bounds (as torch's hardtanh / threshold
+    backward), for values on, next to and far from each bound."""
+    inputs = [] if op == "Relu" else [np.array(b, np.float32) if b is not None else ""
+                                      for b in bounds]
+    model = _identity_conv_then(op, inputs, channels)
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-8, 8, (2, channels, 4, 5)).astype(np.float32)
+    x.reshape(-1)[:len(BOUNDARY_VALUES)] = BOUNDARY_VALUES
+    seed = rng.standard_normal((2, channels * 20)).astype(np.float32)
+    lo, hi = bounds
+    inside = (x > np.float32(lo) if lo is not None else True) & (
+        x < np.float32(hi) if hi is not None else True)
+    got = _float32_input_grad(model, x, seed)
+    assert np.array_equal(got, seed.reshape(x.shape) * inside)

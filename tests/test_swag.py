@@ -339,3 +339,120 @@ def test_methods_never_import_onnxruntime():
             "print('onnxruntime' in sys.modules, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+# ---------------------------------------------------------------------------------------------
+# multi-scale and averaged gradients (issue 11): oracles are the single-scale maps and the
+# registry's own smoothgrad / integrated-gradients methods, or closed forms on a toy model
+
+from swag_onnx.errors import BadOptionError  # noqa: E402
+from swag_onnx.methods import METHODS  # noqa: E402
+from swag_onnx.methods.registry import Inputs  # noqa: E402
+from swag_onnx.methods.swag import average_gradient, run_swag  # noqa: E402
+
+
+def quadratic_model(size: int = 40, seed: int = 0):
+    """S(x) = sum(w x^2) + sum(v x) on a (3, size, size) input, its exact gradient 2 w x + v
+    (so the path mean of the gradient from 0 is w x + v), and a scene image (uint8)."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(0, 1, (3, size, size))
+    v = rng.normal(0, 1, (3, size, size))
+    image, _, _ = scene(seed, size)
+    x = (image.transpose(2, 0, 1) - 0.5).astype(np.float32) * 2
+
+    def grad_fn(batch):
+        b = np.asarray(batch, np.float64)
+        return (w * b * b + v * b).sum(axis=(1, 2, 3)), 2 * w * b + v
+
+    return x, grad_fn, (w, v), (image * 255).round().astype(np.uint8)
+
+
+def test_multiscale_is_the_mean_of_the_single_scale_maps():
+    image, grad, _ = scene(3)
+    result = swag(grad, image, n_segments=20, scales=3)
+    singles = [swag(grad, image, n_segments=n) for n in (20, 40, 80)]
+    np.testing.assert_allclose(result.saliency, np.mean([s.saliency for s in singles], 0),
+                               atol=1e-6)
+    np.testing.assert_array_equal(result.labels, singles[0].labels)
+    assert result.params["segment_counts"] == [20, 40, 80] and result.params["scales"] == 3
+    # one scale is exactly the old map
+    np.testing.assert_array_equal(swag(grad, image, n_segments=20, scales=1).saliency,
+                                  singles[0].saliency)
+
+
+def test_integrated_average_is_the_exact_path_mean():
+    x, grad_fn, (w, v), _ = quadratic_model()
+    # the gradient is linear along the path: the trapezoid rule is exact for any node count
+    for samples in (2, 5):
+        np.testing.assert_allclose(
+            average_gradient(x, grad_fn, average="integrated", samples=samples, batch_size=3),
+            w * x + v, rtol=1e-5, atol=1e-5)
+
+
+def test_smoothgrad_average_of_a_linear_model_is_its_gradient():
+    x, _, (_, v), _ = quadratic_model()
+    linear = lambda b: ((v * b).sum(axis=(1, 2, 3)), np.broadcast_to(v, b.shape))  # noqa: E731
+    np.testing.assert_allclose(average_gradient(x, linear, average="smoothgrad", samples=4,
+                                                noise=0.3), v, rtol=1e-6)
+
+
+@pytest.mark.parametrize("average, other, attribution, other_params", [
+    ("smoothgrad", "smoothgrad", "gradient", dict(samples=6, noise=0.2, batch_size=4, seed=7)),
+    ("integrated", "integrated-gradients", "gradient_x_input",
+     dict(steps=6, batch_size=4, baseline=0.0)),
+])
+def test_averaged_swag_pools_the_registry_method_map(average, other, attribution, other_params):
+    """SWAG with averaged gradients = the region means (over SWAG's own superpixels) of the map
+    of the registry's smoothgrad / integrated-gradients method with the same samples and seed
+    (both maps: max over channels of |.|)."""
+    x, grad_fn, _, image = quadratic_model(seed=1)
+    inputs = Inputs(x=x, channel_axis=0, target=0, image=image, grad_fn=grad_fn)
+    extra = dict(average_noise=other_params["noise"], seed=other_params["seed"]) \
+        if average == "smoothgrad" else {}
+    out = run_swag(inputs, "image", average=average, average_samples=6, batch_size=2,
+                   attribution=attribution, sign="abs", reduce="max", n_segments=30, **extra)
+    reference = METHODS[other].run(inputs, **other_params).saliency
+    np.testing.assert_allclose(out.saliency, brute_region_scores(reference, out.regions),
+                               atol=1e-5)
+    assert out.info["average"] == average and out.info["average_samples"] == 6
+
+
+def test_averaged_swag_needs_a_gradient_function():
+    x, _, _, image = quadratic_model()
+    inputs = Inputs(x=x, channel_axis=0, target=0, image=image)
+    with pytest.raises(ValueError, match="grad_fn"):
+        run_swag(inputs, "image", average="smoothgrad")
+
+
+@pytest.mark.parametrize("kwargs", [{"average": "mean"}, {"samples": 1}, {"noise": -0.1},
+                                    {"samples": 2.5}])
+def test_bad_average_options_raise_one_line(kwargs):
+    x, grad_fn, _, _ = quadratic_model()
+    kwargs = {"average": "smoothgrad", **kwargs}
+    with pytest.raises(ValueError) as info:
+        average_gradient(x, grad_fn, **kwargs)
+    assert "\n" not in str(info.value) and str(info.value)
+
+
+@pytest.mark.parametrize("value", [0, 9, 1.5, "2", True])
+def test_bad_scales_refused_before_any_model_run(value):
+    from swag_onnx.explain import plan
+
+    with pytest.raises(BadOptionError) as info:
+        plan("swag", {"scales": value})
+    assert "scales" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ValueError):
+        swag(*scene(0, size=32)[:2], scales=value)
+
+
+def test_scales_through_the_cli_is_one_line(tmp_path):
+    import cv2
+
+    path = tmp_path / "x.png"
+    cv2.imwrite(str(path), np.zeros((8, 8, 3), np.uint8))
+    run = subprocess.run([sys.executable, "-c", "from swag_onnx.cli import main; main()",
+                          "explain", str(path),
+                          "--scales", "0", "--out", str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "scales" in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1

@@ -11,7 +11,7 @@ from hypothesis import assume, given, settings, strategies as st
 from onnx import TensorProto
 from scipy.special import erf
 
-from gradcheck import assert_vjp, one_node_model, separated, session
+from gradcheck import assert_vjp, one_node_model, separated, session, vjp_error
 from swag_onnx import augment_model
 from swag_onnx.errors import UnsupportedOpsError
 from swag_onnx.graph.rules.resampling import interpolation_matrix
@@ -258,3 +258,46 @@ def test_resize_crop_and_resize_is_refused():
                            attrs, dtype=TensorProto.FLOAT, opset=19)
     with pytest.raises(UnsupportedOpsError, match="tf_crop_and_resize"):
         augment_model(model)
+
+
+# Inexact scales (output size floor(in * scale), ratios that are not integers), every mode and
+# coordinate transformation mode: 6 * 1.7 = 10.2 -> 10 rows, 8 * 0.7 = 5.6 -> 5 columns.
+INEXACT_CASES = (
+    [("nearest", c, n, 0) for c in MODES if c != "half_pixel_symmetric"
+     for n in ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")]
+    + [("linear", c, "", 0) for c in MODES]
+    + [("cubic", c, "", e) for c in MODES for e in (0, 1)])
+
+
+@pytest.mark.parametrize("mode,coordinates,nearest_mode,exclude_outside", INEXACT_CASES)
+def test_resize_gradient_with_inexact_scales(mode, coordinates, nearest_mode, exclude_outside):
+    attrs = _resize_attrs(mode, coordinates, nearest_mode, exclude_outside)
+    assert_vjp("Resize", (1, 2, 6, 8), ["", np.array([1, 1, 1.7, 0.7], np.float32)], attrs,
+               opset=19, float_eps=0.1)
+
+
+@pytest.mark.parametrize("size,scale", [(10, 1.3), (23, 10 / 23), (6, 10 / 6)])
+def test_resize_scales_sized_differently_by_onnxruntime_are_refused(size, scale):
+    """floor(size * scale) is one more in onnxruntime's float32 than in ONNX shape inference's
+    double: the gradient graph would hold both sizes and not load, so the rule refuses in one
+    line naming the scale."""
+    model = one_node_model("Resize", (1, 2, size, 4), ["", np.array([1, 1, scale, 1], np.float32)],
+                           {"mode": "linear"}, dtype=TensorProto.FLOAT, opset=19)
+    with pytest.raises(UnsupportedOpsError, match=rf"Resize with scales {np.float32(scale):.8g} "
+                                                  rf"on an axis of {size}: onnxruntime makes"):
+        augment_model(model)
+
+
+@pytest.mark.parametrize("x_first,other_shape", [(True, (2, 3, 4, 5)), (False, (4, 1)),
+                                                 (True, (1, 3, 1, 5))])
+def test_where(x_first, other_shape):
+    """Where(c, x, b) and Where(c, b, x), b broadcast or not: finite differences."""
+    condition = RNG.random((2, 1, 4, 5)) < 0.5
+    other = RNG.standard_normal(other_shape)
+    for dtype in (TensorProto.DOUBLE, TensorProto.FLOAT):
+        model = one_node_model("Where", X4, [condition, other.astype(np.float64)], dtype=dtype)
+        node = model.graph.node[-2]
+        node.input[:] = ["in0", "x", "in1"] if x_first else ["in0", "in1", "x"]
+        x = RNG.standard_normal(X4).astype(np.float64 if dtype == TensorProto.DOUBLE
+                                            else np.float32)
+        assert vjp_error(model, x, eps=1e-6 if dtype == TensorProto.DOUBLE else 0.1) < 1e-4

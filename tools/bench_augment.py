@@ -61,7 +61,28 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--exporter", choices=["legacy", "dynamo"], default="legacy")
     parser.add_argument("--deployed", action="store_true",
                         help="time the default model in float32, float16 and int8 instead")
-    return parser.parse_args()
+    parser.add_argument("--threads", type=int, default=None,
+                        help="onnxruntime intra-op and torch threads (default: theirs)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: time each run by the CPU time of the calling thread, which "
+                             "machine load does not inflate (needs --threads 1: both runtimes "
+                             "then compute on the calling thread)")
+    args = parser.parse_args()
+    if args.clock == "cpu" and args.threads != 1:
+        parser.error("--clock cpu needs --threads 1")
+    return args
+
+
+CLOCK = {"wall": time.perf_counter, "cpu": time.thread_time}
+THREADS: list = [None]  # set from --threads in main()
+
+
+def session_options() -> ort.SessionOptions:
+    """Default options, with --threads intra-op threads where given."""
+    options = ort.SessionOptions()
+    if THREADS[0]:
+        options.intra_op_num_threads = THREADS[0]
+    return options
 
 
 def deployed_models(workdir: Path) -> dict[str, Path]:
@@ -100,23 +121,24 @@ def deployed_models(workdir: Path) -> dict[str, Path]:
     return paths
 
 
-def bench_deployed(repeats: int) -> None:
+def bench_deployed(repeats: int, clock=time.perf_counter) -> None:
     """Plain forward vs augmented forward+backward of the default model as deployed."""
     print("| model | ORT fwd ms | augmented fwd+bwd ms | aug/fwd |")
     print("|---|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         for name, path in deployed_models(Path(tmp)).items():
-            options = ort.SessionOptions()
-            fwd = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            fwd = ort.InferenceSession(str(path), session_options(),
+                                       providers=["CPUExecutionProvider"])
             aug = ort.InferenceSession(augment_model(onnx.load(path), layers=["auto"])
-                                       .SerializeToString(), providers=["CPUExecutionProvider"])
+                                       .SerializeToString(), session_options(),
+                                       providers=["CPUExecutionProvider"])
             inp = fwd.get_inputs()[0]
             dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
             x = np.random.default_rng(0).uniform(-1, 1, (1, 3, SIZE, SIZE)).astype(dtype)
             seed = np.zeros((1, CLASSES), dtype)
             f, a = time_interleaved([lambda: fwd.run(None, {inp.name: x}),
                                      lambda: aug.run(None, {inp.name: x, SEED_NAME: seed})],
-                                    repeats)
+                                    repeats, clock)
             verdict = "" if a / f <= TARGETS["aug/fwd"] else f" (misses <= {TARGETS['aug/fwd']})"
             print(f"| {name} | {f:.2f} | {a:.2f} | {a / f:.2f}{verdict} |", flush=True)
 
@@ -133,8 +155,8 @@ def prepare(name: str, workdir: Path, dynamo: bool):
 def runners(net: torch.nn.Module, path: Path, aug_path: Path, x: np.ndarray, seed: np.ndarray):
     """Three zero-argument callables: ORT forward, ORT augmented, torch forward+backward."""
     providers = ["CPUExecutionProvider"]
-    fwd = ort.InferenceSession(str(path), providers=providers)
-    aug = ort.InferenceSession(str(aug_path), providers=providers)
+    fwd = ort.InferenceSession(str(path), session_options(), providers=providers)
+    aug = ort.InferenceSession(str(aug_path), session_options(), providers=providers)
     image = fwd.get_inputs()[0].name
     xt, seed_t = torch.from_numpy(x), torch.from_numpy(seed)
     for parameter in net.parameters():  # input gradient only, as the augmented model computes
@@ -149,28 +171,28 @@ def runners(net: torch.nn.Module, path: Path, aug_path: Path, x: np.ndarray, see
             torch_grad]
 
 
-def time_interleaved(funcs, repeats: int) -> list[float]:
-    """Median wall time (ms) of each callable, the callables alternating within each round."""
+def time_interleaved(funcs, repeats: int, clock=time.perf_counter) -> list[float]:
+    """Median time (ms, by `clock`) of each callable, the callables alternating in each round."""
     for f in funcs:
         for _ in range(WARMUP):
             f()
     samples = [[] for _ in funcs]
     for _ in range(repeats):
         for f, s in zip(funcs, samples):
-            start = time.perf_counter()
+            start = clock()
             f()
-            s.append((time.perf_counter() - start) * 1e3)
+            s.append((clock() - start) * 1e3)
     return [float(np.median(s)) for s in samples]
 
 
-def bench(name: str, workdir: Path, repeats: int, dynamo: bool) -> dict:
+def bench(name: str, workdir: Path, repeats: int, dynamo: bool, clock) -> dict:
     """All measurements for one network, as a row of the table."""
     net, path, aug_path = prepare(name, workdir, dynamo)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, 3, SIZE, SIZE), dtype=np.float32)
     seed = np.zeros((1, CLASSES), np.float32)
     seed[0, int(rng.integers(CLASSES))] = 1.0
-    fwd, aug, tgrad = time_interleaved(runners(net, path, aug_path, x, seed), repeats)
+    fwd, aug, tgrad = time_interleaved(runners(net, path, aug_path, x, seed), repeats, clock)
     return {"network": name, "fwd": fwd, "aug": aug, "torch": tgrad,
             "aug/fwd": aug / fwd, "aug/torch": aug / tgrad,
             "file ratio": aug_path.stat().st_size / path.stat().st_size}
@@ -199,16 +221,21 @@ def main() -> None:
     """Benchmark the selected networks and print the results."""
     args = parse_args()
     ort.set_default_logger_severity(3)
+    THREADS[0] = args.threads
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.deployed:
-        bench_deployed(args.repeats)
+        bench_deployed(args.repeats, CLOCK[args.clock])
         return
-    print(f"torch threads: {torch.get_num_threads()}, onnxruntime {ort.__version__}, "
+    print(f"torch threads: {torch.get_num_threads()}, onnxruntime threads: "
+          f"{args.threads or 'default'}, clock {args.clock}, onnxruntime {ort.__version__}, "
           f"torch {torch.__version__}, exporter {args.exporter}, repeats {args.repeats}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.nets.split(","):
             try:
-                rows.append(bench(name.strip(), Path(tmp), args.repeats, args.exporter == "dynamo"))
+                rows.append(bench(name.strip(), Path(tmp), args.repeats, args.exporter == "dynamo",
+                                  CLOCK[args.clock]))
                 print(f"done {name}", file=sys.stderr, flush=True)
             except Exception as exc:  # one failing network must not stop the benchmark
                 print(f"FAILED {name}: {type(exc).__name__}: {str(exc)[:300]}", flush=True)

@@ -12,7 +12,7 @@ writing step is timed piece by piece, calling the same functions:
   segmentation        methods.superpixels (SLIC)
   scoring             methods.pixel_map + region_scores, images.to_original / normalize /
                       labels_to_original (back to the original size)
-  writing             cli.write_explanation (overlay png with boundaries + npy + json)
+  writing             folder.write_files (overlay png with boundaries + npy + json)
 
 In the same loop, interleaved so that machine noise hits all alike, it times (a) one SLIC call
 alone on the 224x224 view with the "image" source's parameters, (b) runner.gradients alone and
@@ -51,7 +51,7 @@ from export_torch import load_lite0  # noqa: E402
 
 from swag_onnx import card as cards  # noqa: E402
 from swag_onnx import images as imgs  # noqa: E402
-from swag_onnx.cli import write_explanation  # noqa: E402
+from swag_onnx.folder import write_files  # noqa: E402
 from swag_onnx.explain import Explainer, Explanation, softmax  # noqa: E402
 from swag_onnx.methods import SOURCES  # noqa: E402
 from swag_onnx.methods.swag import DEFAULTS, pixel_map, region_scores, superpixels  # noqa: E402
@@ -97,7 +97,7 @@ def swag_stages(explainer: Explainer, path: Path, source: str, out_dir: Path, ti
                          top5=explainer._top5(probabilities[0]),
                          params={**DEFAULTS[source], "source": source},
                          provider=explainer.provider, labels=labels, image=rgb)
-    write_explanation(result, "chelsea", out_dir, True)
+    write_files(result, "chelsea", out_dir, True)
     lap("writing")
     for stage, ms in spans.items():
         times.setdefault(stage, []).append(ms)

@@ -5,9 +5,15 @@ The job is the issue's: 4 methods (gradient, gradient-x-input, gradcam, swag), d
 insertion, 40 images (the offline dev-set photos of tools/eval_devset.py, with flipped and
 cropped copies to reach the count), default model, no control maps. Every configuration starts
 from an empty folder and is timed from the call to the end (Ray's start-up, actors building
-their sessions and the report included); the Ray runs' results.csv must hold the local run's
-rows and values. The fixed cost is the difference of the wall times of `swag-onnx evaluate` on
-5 images with and without `--ray`, each run as its own process (imports included).
+their sessions and the report included). The Ray runs' results.csv must hold the local run's
+rows and values exactly, timings aside (bitwise: the actors run onnxruntime on one thread and the
+local run on all cores, which changes no bit of this job's values, maps or thumbnails); the
+last column says "yes", or how many rows differ and by how much. The actors import swag_onnx
+from disk when they start: when its sources changed during the benchmark (another checkout's
+edit; a new augmentation code builds a new augmented model, whose gradients may differ in the
+last bits) the column says so, and the comparison does not measure --ray. The fixed cost is the
+difference of the wall times of `swag-onnx evaluate` on 5 images with and without `--ray`, each
+run as its own process (imports included).
 
     python tools/bench_ray.py                         # the issue's job (slow on 2 cores)
     python tools/bench_ray.py --images 40 --step 1120  # coarser deletion/insertion steps
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import subprocess
 import sys
 import tempfile
@@ -80,6 +87,33 @@ def rows(out: Path) -> list[tuple]:
         return [tuple(v for k, v in r.items() if k != "seconds") for r in csv.DictReader(f)]
 
 
+VALUE = 5  # the value's place in a row of `rows` (image, method, metric, target, label, value)
+
+
+def agreement(found: list[tuple], reference: list[tuple]) -> str:
+    """"yes" when the rows are those of the reference, in its order, with the same values
+    written; else what differs: other keys or labels, or how many values and by how much."""
+    if found == reference:
+        return "yes"
+    keys = [[v for i, v in enumerate(r) if i != VALUE] for r in found]
+    if keys != [[v for i, v in enumerate(r) if i != VALUE] for r in reference]:
+        return f"NO: other rows ({len(found)} rows, {len(reference)} locally)"
+    values = np.array([[float(a[VALUE]), float(b[VALUE])] for a, b in zip(found, reference)])
+    differ = values[:, 0] != values[:, 1]
+    return (f"NO: {differ.sum()} of {len(found)} values differ, max abs "
+            f"{np.abs(values[:, 0] - values[:, 1]).max():.2g}")
+
+
+def sources() -> str:
+    """sha256 of swag_onnx's Python sources (the code the actors import when they start)."""
+    import swag_onnx
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(swag_onnx.__file__).parent.rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def cli_seconds(images: list[Path], out: Path, extra: list[str], options: list[str]) -> float:
     """Wall seconds of `swag-onnx evaluate` as its own process."""
     command = [sys.executable, "-c", "from swag_onnx.cli import main; main()", "evaluate",
@@ -109,14 +143,17 @@ def main() -> None:
               f"{', '.join(METRICS)}, step {args.step or 'default'}", flush=True)
         print("| run | seconds | images per minute | same rows as local |")
         print("|---|---|---|---|")
-        reference = None
+        reference, code = None, sources()
         for label, workers in (("local", None), ("Ray, 1 worker", 1), ("Ray, 2 workers", 2)):
             out = tmp / label.replace(" ", "").replace(",", "")
             seconds = timed_evaluate(tmp / "images", out, workers, options)
             found = rows(out)
             reference = reference or found
-            print(f"| {label} | {seconds:.1f} | {len(paths) * 60 / seconds:.1f} | "
-                  f"{'yes' if found == reference else 'NO'} |", flush=True)
+            same = agreement(found, reference)
+            if sources() != code:
+                same += " (swag_onnx's sources changed since the local run: not comparable)"
+            print(f"| {label} | {seconds:.1f} | {len(paths) * 60 / seconds:.1f} | {same} |",
+                  flush=True)
         short = paths[:args.short]
         local = cli_seconds(short, tmp / "short-local", [], flags)
         ray = cli_seconds(short, tmp / "short-ray", ["--ray"], flags)

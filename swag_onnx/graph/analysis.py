@@ -169,11 +169,22 @@ def path_nodes(nodes: list[Node], relevant: set[str]) -> list[Node]:
             and any(i in relevant for i in n.inputs if i)]
 
 
+# the contrib ops onnxruntime's quantize_dynamic writes for transformers and LSTMs: no
+# gradient rule, but a QDQ model of the same network has one
+_QDQ_HINT = ("; quantise with onnxruntime.quantization's QuantFormat.QDQ, or leave {op} out of "
+             "op_types_to_quantize")
+QUANTISED_HINTS = {op: _QDQ_HINT.format(op=base) for op, base in
+                   (("QAttention", "Attention"), ("QEmbedLayerNormalization",
+                                                  "EmbedLayerNormalization"),
+                    ("DynamicQuantizeLSTM", "LSTM"), ("QOrderedAttention", "Attention"))}
+
+
 def unsupported_nodes(on_path: list[Node], facts: Emitter) -> list[str]:
     problems = []
     for node in on_path:
         if node.domain:
-            problems.append(f"{node.op} ({node.name}): custom domain {node.domain!r}")
+            hint = QUANTISED_HINTS.get(node.op, "")
+            problems.append(f"{node.op} ({node.name}): custom domain {node.domain!r}{hint}")
             continue
         if node.op in NON_DIFFERENTIABLE:
             continue

@@ -179,8 +179,21 @@ class Emitter:
             return self.ints([batch if shape[0] is None else shape[0]] + list(shape[1:]))
         return self.op("Shape", like)
 
-    def reshape_like(self, x: str, like: str) -> str:
-        return self.op("Reshape", x, self.shape_of(like, -1))
+    def reshape_like(self, x: str, like: str, same_batch: bool = False) -> str:
+        """Reshape x to the shape of `like`. `same_batch`: x's dim 0 is `like`'s dynamic batch,
+        written as 0 (copy) rather than -1, so that onnxruntime's shape inference keeps the
+        batch's symbolic name: only tensors it can prove equal in shape stay in its blocked
+        NCHWc layout together (element-wise Mul and Sum of backward and forward maps)."""
+        return self.op("Reshape", x, self.shape_of(like, 0 if same_batch else -1))
+
+    def same_batch(self, a: str, b: str) -> bool:
+        """True when a and b [N, ...] share a dynamic batch dim 0 and static other dims of
+        equal product (reshapes of each other that keep the batch)."""
+        if not (self.batch_only(a) and self.batch_only(b)):
+            return False
+        sa, sb = self.shape(a), self.shape(b)
+        return (len(sa) > 0 < len(sb) and sa[0] is None and sb[0] is None
+                and int(np.prod(sa[1:])) == int(np.prod(sb[1:])))
 
     def expand_like(self, x: str, like: str) -> str:
         """Broadcast x (which already has the batch dim) to the shape of `like`."""

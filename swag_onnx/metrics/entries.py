@@ -12,7 +12,7 @@ from typing import Annotated
 
 import numpy as np
 
-from swag_onnx.metrics import energy, pic, pointing, road, sensitivity
+from swag_onnx.metrics import energy, mprt, pic, pointing, road, sensitivity
 from swag_onnx.metrics import insertion_deletion as idl
 from swag_onnx.metrics.registry import MetricInputs, Row, Value, metric
 from swag_onnx.validation import BATCH, SEED, Choice, Int, Number, Optional
@@ -24,8 +24,8 @@ MIN_SCORE = Annotated[float, Number(0.0, 1.0), "SIC/AIC: skip images whose top-1
                       "is below this"]
 REVEAL = Annotated[str, Choice(pic.REVEALS), "SIC/AIC: interpolate (reference) or paste "
                    "(faster)"]
-SEED_OPTION = Annotated[int, SEED, "seed of SIC/AIC's random pixels and of the stochastic "
-                        "methods"]
+SEED_OPTION = Annotated[int, SEED, "seed of SIC/AIC's random pixels, of MPRT's redrawn "
+                        "parameters and of the stochastic methods"]
 SCORE_TEXT = ("Score: the softmax probability of the class predicted on the clean image, which "
               "is the class explained; maps are scored at the model input resolution, pixels "
               "ranked by saliency (ties by row-major index).")
@@ -217,3 +217,34 @@ def _road(inputs: MetricInputs, *,
         "(original image size) inside the boxes of the explained annotated class.")
 def _energy(inputs: MetricInputs) -> list[Value]:
     return [Value("energy", energy.energy_in_boxes(inputs.original, inputs.boxes))]
+
+
+def _mprt_text(p: dict) -> str:
+    return ("MPRT (Adebayo et al., NeurIPS 2018): the model's parameters are randomised in "
+            "cascade from the output down (the layers after the last stage layer, then each "
+            "stage, the stage layers being the last spatial map at each resolution, then all), "
+            "each redrawn from a normal with its tensor's own mean and std (seeded from "
+            f"{p['seed']} and the parameter's name; batch-norm running statistics kept); the map "
+            "of the explained class is recomputed at every stage; mprt = Spearman rank "
+            "correlation of the absolute maps (model resolution) at full randomisation, "
+            "mprt-ssim = their SSIM (each scaled to [0, 1]); the curves hold every stage (x = "
+            "share of the stages done). A map that does not depend on the model scores 1, lower "
+            "is better.")
+
+
+@metric("mprt", title="MPRT Spearman", higher_is_better=False, needs={"randomised_maps"},
+        rows={"mprt": Row("MPRT Spearman (all randomised)", False),
+              "mprt-ssim": Row("MPRT SSIM (all randomised)", False)},
+        curves=("share of the cascade randomised (0 = the model, 1 = all parameters)",
+                "similarity to the original map"),
+        reference="Adebayo et al., NeurIPS 2018 (sanity checks: cascading randomisation)",
+        protocol=_mprt_text)
+def _mprt(inputs: MetricInputs, *, seed: SEED_OPTION = 0) -> list[Value]:
+    stages = inputs.randomised_maps(seed)
+    rho, structural = mprt.similarities(inputs.saliency, [m for _, m in stages])
+    x = np.arange(len(stages) + 1, dtype=np.float64) / len(stages)
+    first = np.ones(1)  # the original map against itself
+    note = "; ".join(f"{name} {r:.3f}" for (name, _), r in zip(stages, rho))
+    return [Value("mprt", float(rho[-1]), (x, np.concatenate([first, rho])),
+                  note=f"Spearman per stage: {note}"),
+            Value("mprt-ssim", float(structural[-1]), (x, np.concatenate([first, structural])))]

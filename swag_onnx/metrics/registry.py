@@ -32,6 +32,8 @@ NEEDS = {
     "random_class_map": "the map of a random other class too (seeded per image)",
     "annotations": "boxes per image (--annotations); the map of each annotated class",
     "probabilities": "a batched probability function (extra model runs)",
+    "randomised_maps": "the map again at each stage of a cascading randomisation of the model's "
+                       "parameters (one explanation per stage)",
 }
 
 
@@ -46,8 +48,11 @@ class MetricInputs:
     (N, h, w, 3) -> (N, K). image_name: the image's name in results.csv (seeds per image).
     other_maps: {need: (map (h, w) of that other class, a note)} for the *_class_map needs
     declared; boxes: (M, 4) boxes of the class
-    explained (x0, y0, x1, y1, original pixels). memo: shared by the metrics of one image and
-    method (SIC and AIC come from one set of model runs).
+    explained (x0, y0, x1, y1, original pixels). randomised_maps: seed -> [(stage name, map
+    (h, w))], the same method's map of the same class with the model's parameters randomised in
+    cascade from the output down (swag_onnx.metrics.mprt; the last stage is "all").
+    memo: shared by the metrics of one image and method (SIC and AIC come from one set of model
+    runs).
     """
 
     x: np.ndarray
@@ -61,6 +66,7 @@ class MetricInputs:
     image_name: str
     other_maps: dict = field(default_factory=dict)
     boxes: np.ndarray | None = None
+    randomised_maps: Callable[[int], list[tuple[str, np.ndarray]]] | None = None
     memo: dict = field(default_factory=dict)
 
 

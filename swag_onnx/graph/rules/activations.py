@@ -4,13 +4,88 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import onnx
+
 from swag_onnx.graph.rules import rule
 
 
 @rule("Relu")
 def relu(g, n, dys, needs):
     y = n.outputs[0]
+    if _blocked(g, y):
+        return [g.op("Mul", dys[0], _inside_mask(g, y, 0.0, None))]
     return [g.op("Mul", dys[0], g.mask(g.op("Greater", y, g.scalar_like(0.0, y)), y))]
+
+
+# Masks of blocked float32 maps. onnxruntime runs convolutions on CPUs in a blocked channel
+# layout (NCHWc) and converts a map back (ReorderOutput) for every reader that it cannot run
+# blocked: Greater/Less/Cast masks cost three reorders per activation (the activation, its dY,
+# and dX back for the next backward Conv), more than the masks themselves. BatchNormalization
+# (run as a 1x1 depthwise NCHWc Conv into which a following Add and Relu fuse), Relu, Add and Mul
+# stay blocked, so the masks are built from affine maps and Relu alone (see _inside_mask).
+NCHWC_BLOCK = 8  # onnxruntime's channel block on AVX2 CPUs (16 with AVX-512)
+_TINY = float(np.finfo(np.float32).tiny)  # the smallest normal float32
+_MAX_SCALE = 2.0 ** 100  # larger scales could overflow S * w in _inside_mask
+
+
+def _blocked(g, y) -> bool:
+    """Whether y [N, C, H, W] is a float32 map that onnxruntime can keep blocked."""
+    shape = g.shape(y)
+    return (g.dtype(y) == onnx.TensorProto.FLOAT and shape is not None and len(shape) == 4
+            and shape[1] is not None and shape[1] % NCHWC_BLOCK == 0)
+
+
+def _affine(g, x, channels: int, scale: float, bias: float) -> str:
+    """scale * x + bias for x [N, channels, H, W], as a BatchNormalization (mean 0, variance 1,
+    epsilon 0: one rounding of the exact value) that onnxruntime runs blocked."""
+
+    def full(v):
+        return g.const(np.full(channels, v, np.float32))
+
+    return g.op("BatchNormalization", x, full(scale), full(bias), full(0.0), full(1.0),
+                epsilon=0.0)
+
+
+def _inverse_spacing(bound: float, above: bool) -> float:
+    """1 / (distance from float32 `bound` to its neighbour above or below), a power of two; for
+    bound 0 the smallest normal float32 stands in for the subnormal neighbour."""
+    b = np.float32(bound)
+    neighbour = np.nextafter(b, np.float32(np.inf if above else -np.inf))
+    return 1.0 / max(abs(float(neighbour) - float(b)), _TINY)
+
+
+def _inside_mask(g, y, lo: float | None, hi: float | None) -> str:
+    """1.0 where lo < y < hi, 0.0 where y equals a bound, for y [N, C, H, W] clipped to [lo, hi].
+
+    With B = 1 / (float spacing at a bound b), B |y - b| is 0 at b and >= 1 for every other
+    float y (B y is a power-of-two scaling, B b an integer below 2^24 exactly), so
+    u = Relu(1 - B (y - lo)) is exactly [y == lo] and 1 - u the one-sided mask. Two-sided:
+    w = Relu((1 - B2 (hi - y)) / S + u) with S a power of two >= 2 B2 (hi - lo) is 1 / S at hi,
+    >= 1/2 at lo and 0 inside, so Relu(1 - S w) is the mask: three blocked passes. Caveat of
+    bound 0 only: subnormal y (0 < |y| < 2^-126) counts as on the bound."""
+    channels = g.shape(y)[1]
+    if hi is None or lo is None:  # one-sided: u = [y == bound], mask 1 - u
+        bound, above = (lo, True) if hi is None else (hi, False)
+        step = _inverse_spacing(bound, above) * (1.0 if above else -1.0)  # 1 - B |y - b|
+        hit = g.op("Relu", _affine(g, y, channels, -step, 1.0 + step * bound))
+        return _affine(g, hit, channels, -1.0, 1.0)
+    b1, b2 = _inverse_spacing(lo, True), _inverse_spacing(hi, False)
+    scale = 2.0 ** np.ceil(np.log2(2.0 * b2 * (hi - lo)))
+    at_lo = g.op("Relu", _affine(g, y, channels, -b1, 1.0 + b1 * lo))
+    at_hi = _affine(g, y, channels, b2 / scale, (1.0 - b2 * hi) / scale)
+    either = g.op("Relu", g.op("Add", at_hi, at_lo))
+    return g.op("Relu", _affine(g, either, channels, -scale, 1.0))
+
+
+def _blocked_mask_exact(lo, hi) -> bool:
+    """Bounds for which _inside_mask is exact: 0 or normal float32s, lo < hi, scales finite."""
+    bounds = [float(b) for b in (lo, hi) if b is not None]
+    if not bounds or not all(b == 0.0 or _TINY <= abs(b) < 2.0 ** 100 for b in bounds):
+        return False
+    if lo is None or hi is None:
+        return True
+    return lo < hi and 2.0 * _inverse_spacing(hi, False) * (hi - lo) <= _MAX_SCALE
 
 
 @rule("LeakyRelu")
@@ -34,6 +109,11 @@ def clip(g, n, dys, needs):
     # lo < x < hi exactly when lo < y < hi, and reading y (not x) lets onnxruntime keep
     # Conv + Clip fused: the pre-activation is never materialised.
     x = n.outputs[0]
+    lo, hi = (g.value(n.input(i)) if n.input(i) else n.attrs.get(attr)
+              for i, attr in ((1, "min"), (2, "max")))
+    lo, hi = (None if b is None else float(np.float32(b)) for b in (lo, hi))
+    if _blocked(g, x) and _blocked_mask_exact(lo, hi):
+        return [g.op("Mul", dys[0], _inside_mask(g, x, lo, hi))] + [None] * (len(n.inputs) - 1)
     inside = None
     for i, (attr, cmp) in enumerate((("min", "Greater"), ("max", "Less")), start=1):
         bound = g.value(n.input(i)) if n.input(i) else n.attrs.get(attr)

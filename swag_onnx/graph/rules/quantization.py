@@ -119,6 +119,8 @@ _QOPS = {
     (MS, "QLinearLeakyRelu"): ("LeakyRelu", [(0, 1, 2, 1)], (3, 4), ("alpha",)),
     (MS, "QLinearGlobalAveragePool"): ("GlobalAveragePool", [(0, 1, 2, 1)], (3, 4), ()),
     (MS, "QLinearAveragePool"): ("AveragePool", [(0, 1, 2, 1)], (3, 4), _POOL_ATTRS),
+    (MS, "QLinearSoftmax"): ("Softmax", [(0, 1, 2, 1)], (3, 4), ("axis",)),
+    (MS, "QLinearWhere"): ("Where", [(1, 2, 3, 1), (4, 5, 6, 1)], (7, 8), ()),
 }
 QOPERATOR_OPS = sorted([op for _, op in _QOPS] + ["QLinearConcat", "QGemm", "ConvInteger",
                                                   "MatMulInteger"])
@@ -135,6 +137,8 @@ class _Rewriter:
         self.nodes: list[onnx.NodeProto] = []
         self.retyped: set[str] = set()  # outputs whose element type changed (int32 -> float)
         self.producers = {o: n for n in model.graph.node for o in n.output}
+        self.opset = next((i.version for i in model.opset_import
+                           if i.domain in ("", "ai.onnx")), 13)
 
     def quantiser_scale(self, x: str) -> str:
         """The scale of the (Dynamic)QuantizeLinear that made x (a per-tensor scale), or ''."""
@@ -173,9 +177,10 @@ class _Rewriter:
 
 def as_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of `model` with every QOperator / integer node (QOPERATOR_OPS) replaced by its
-    QDQ equivalent; the model itself when it has none."""
+    QDQ equivalent, then every DequantizeLinear of constants (the quantised weights and biases)
+    folded into a float initializer of the same name; the model itself when it has neither."""
     if not any(n.op_type in QOPERATOR_OPS for n in model.graph.node):
-        return model
+        return fold_constant_dequantize(model)
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     r = _Rewriter(copy)
@@ -193,7 +198,52 @@ def as_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
     stale = [vi for vi in copy.graph.value_info if vi.name not in r.retyped]
     del copy.graph.value_info[:]
     copy.graph.value_info.extend(stale)
+    return fold_constant_dequantize(copy)
+
+
+def fold_constant_dequantize(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with each DequantizeLinear whose inputs are all initializers replaced by its float
+    value, (q - zero_point) * scale in the scale's type as onnxruntime computes it: quantised
+    weights become float parameters, which meta-saliency's SGD step updates (in float: rounding
+    the step back to the integer grid would undo nearly all of it). The forward values are
+    unchanged. A copy when anything is folded, else the model itself."""
+    inits = {t.name: t for t in model.graph.initializer}
+    foldable = [n for n in model.graph.node if n.op_type == "DequantizeLinear"
+                and n.input and all(i in inits for i in n.input if i)
+                and not _attrs(n, ("block_size",)).get("block_size")]
+    if not foldable:
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    folded = {n.output[0] for n in foldable}
+    kept = [n for n in copy.graph.node if not (n.op_type == "DequantizeLinear"
+                                               and n.output[0] in folded)]
+    del copy.graph.node[:]
+    copy.graph.node.extend(kept)
+    for node in foldable:
+        copy.graph.initializer.append(onnx.numpy_helper.from_array(
+            _dequantized(node, inits), node.output[0]))
+    used = {i for n in copy.graph.node for i in n.input} | {o.name for o in copy.graph.output}
+    unused = [t for t in copy.graph.initializer if t.name not in used]
+    for t in unused:
+        copy.graph.initializer.remove(t)
+    stale = [vi for vi in copy.graph.value_info if vi.name not in folded]
+    del copy.graph.value_info[:]
+    copy.graph.value_info.extend(stale)
     return copy
+
+
+def _dequantized(node, inits) -> np.ndarray:
+    """The value of DequantizeLinear(q, scale[, zero_point]) on initializers."""
+    q = onnx.numpy_helper.to_array(inits[node.input[0]]).astype(np.int64)
+    scale = onnx.numpy_helper.to_array(inits[node.input[1]])
+    zero = (onnx.numpy_helper.to_array(inits[node.input[2]]).astype(np.int64)
+            if len(node.input) > 2 and node.input[2] else np.zeros_like(scale, np.int64))
+    if scale.size > 1:  # per axis
+        axis = _attrs(node, ("axis",)).get("axis", 1) % q.ndim
+        shape = [-1 if a == axis else 1 for a in range(q.ndim)]
+        scale, zero = scale.reshape(shape), zero.reshape(shape)
+    return ((q - zero).astype(scale.dtype) * scale).astype(scale.dtype)
 
 
 def _rewrite_for(node: onnx.NodeProto):
@@ -228,8 +278,22 @@ def _rewrite_qlinear(r, node):
     attrs = _attrs(node, names)
     if _attrs(node, ("channels_last",)).get("channels_last"):
         raise_unsupported(node, "channels_last=1")
+    if float_op == "Softmax":
+        _check_softmax_opset(r, node, attrs)
+    if float_op == "Where":  # the condition is not quantised
+        floats.insert(0, node.input[0])
     value = r.add(float_op, floats, hint=node.output[0] + "/float", **attrs)
     _quantize_output(r, node, value, ys, yz)
+
+
+def _check_softmax_opset(r, node, attrs):
+    """QLinearSoftmax's `opset` attribute picks Softmax's semantics (before 13: over the
+    flattened axes from `axis` on; from 13: over `axis` alone); the float Softmax takes the
+    model's. They agree on the last axis only."""
+    own = _attrs(node, ("opset",)).get("opset", r.opset)
+    axis = attrs.get("axis", -1 if own >= 13 else 1)
+    if (own >= 13) != (r.opset >= 13) and axis != -1:
+        raise_unsupported(node, f"opset={own} in a model of opset {r.opset} (axis {axis})")
 
 
 def raise_unsupported(node, what):

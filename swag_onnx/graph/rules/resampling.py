@@ -146,6 +146,32 @@ def _resize_check(g, n):
         return "Resize whose input or output rank is unknown"
     if any((a is None) != (b is None) for a, b in zip(x_shape, y_shape)):
         return "Resize of an axis whose size is not static"
+    return _size_disagreement(g, n, x_shape)
+
+
+def _size_disagreement(g, n, x_shape) -> str | None:
+    """Why the augmented graph could not load, or None: onnxruntime's kernel sizes an axis as
+    floor(in * scale) in float32 (23 * 0.4347826f = 10.0f), ONNX shape inference (which
+    onnxruntime also runs when it loads a model) in double (9.9999997 -> 9). The plain model
+    runs (its kernels read the sizes at run time); the gradient graph holds the run-time size
+    next to tensors onnxruntime infers with the other, and does not load."""
+    if not n.input(2) or n.input(3):
+        return None
+    scales = g.value(n.input(2))
+    if scales is None or scales.size == 0:
+        return None
+    rank = len(x_shape)
+    axes = [a % rank for a in (n.attrs.get("axes") or range(rank))]
+    for axis, scale in zip(axes, scales.reshape(-1).astype(np.float32)):
+        size = x_shape[axis]
+        if size is None:
+            continue
+        kernel = int(np.floor(np.float32(size) * scale))
+        inferred = int(np.floor(float(size) * float(scale)))
+        if kernel != inferred:
+            return (f"Resize with scales {float(scale):.8g} on an axis of {size}: onnxruntime "
+                    f"makes {kernel} samples where ONNX shape inference makes {inferred}, so the "
+                    f"gradient graph would not load (re-export with sizes instead of scales)")
     return None
 
 

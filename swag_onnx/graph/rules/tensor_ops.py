@@ -16,7 +16,8 @@ def _none_for_rest(grad, n):
 
 @rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 def reshape(g, n, dys, needs):
-    return _none_for_rest(g.reshape_like(dys[0], n.inputs[0]), n)
+    x, y = n.inputs[0], n.outputs[0]
+    return _none_for_rest(g.reshape_like(dys[0], x, same_batch=g.same_batch(x, y)), n)
 
 
 @rule("Transpose")

@@ -145,3 +145,20 @@ def _sum_broadcast(g, grad, x, term, sizes):
     stretched = [i for i, (c, d) in enumerate(zip(term, g.shape(x)))
                  if d == 1 and (sizes.get(c) or 1) != 1]
     return g.reduce_sum(grad, stretched, keepdims=True)
+
+
+# ----- Where ---------------------------------------------------------------------------------------
+# y = Where(c, a, b) (attention masks; onnxruntime's quantiser turns it into QLinearWhere): the
+# gradient goes to a where c holds and to b elsewhere, summed down to each operand's shape.
+
+@rule("Where")
+def where(g, n, dys, needs):
+    condition, a, b = n.inputs[:3]
+    y, dy = n.outputs[0], dys[0]
+    zero = g.scalar_like(0.0, y)
+    grads = [None, None, None]
+    if needs[1]:
+        grads[1] = g.unbroadcast(g.op("Where", condition, dy, zero), a, y)
+    if needs[2]:
+        grads[2] = g.unbroadcast(g.op("Where", condition, zero, dy), b, y)
+    return grads

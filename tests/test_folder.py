@@ -1,0 +1,188 @@
+"""The pipelined folder loop (swag_onnx.folder): the same files, in the same order, as the
+sequential loop; bad images reported one line each; stages on the pool's threads; items
+streamed."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import cv2
+import numpy as np
+import pytest
+from skimage import data
+from typer.testing import CliRunner
+
+from swag_onnx import html
+from swag_onnx.cli import app
+from swag_onnx.errors import BadImageError, BadOptionError
+from swag_onnx.evaluate import Item, items_from_paths
+from swag_onnx.explain import Explainer
+from swag_onnx.folder import Job, explain_folder, explain_items, write_explanation
+
+METHODS = ["swag-image", "gradcam"]
+runner = CliRunner()
+
+
+def _photos() -> list[np.ndarray]:
+    """Seven small, different uint8 RGB photos (crops, flips, rescales of scikit-image's)."""
+    chelsea, coffee, astronaut = data.chelsea(), data.coffee(), data.astronaut()
+    return [cv2.resize(chelsea, (120, 90)), cv2.resize(coffee, (100, 80))[:, ::-1],
+            cv2.resize(astronaut[:300, 100:400], (96, 96)), cv2.resize(coffee[50:350], (128, 72)),
+            cv2.resize(chelsea[:, 100:], (80, 110)), cv2.resize(astronaut, (90, 90))[::-1],
+            cv2.resize(coffee, (64, 130))]
+
+
+@pytest.fixture(scope="module")
+def default():
+    return Explainer()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    path = tmp_path_factory.mktemp("photos")
+    for k, rgb in enumerate(_photos()):
+        cv2.imwrite(str(path / f"p{k}.{'png' if k % 2 else 'jpg'}"), rgb[:, :, ::-1])
+    return path
+
+
+def sequential(explainer, items, out_dir, methods, batch_size):
+    """The loop before pipelining: decode a batch, explain it, write it, in turn."""
+    rows, problems, records = [], [], []
+    for start in range(0, len(items), batch_size):
+        chunk = []
+        for item in items[start:start + batch_size]:
+            try:
+                chunk.append((item.name, item.load()))
+            except BadImageError as exc:
+                problems.append(str(exc))
+        if chunk:
+            results = explainer.explain([rgb for _, rgb in chunk], method=methods)
+            per_image = len(results) // len(chunk)
+            for k, result in enumerate(results):
+                row, record = write_explanation(result, chunk[k // per_image][0], out_dir, True)
+                rows.append(row)
+                records.append(record)
+    html.write_explain_index(out_dir, records)
+    return rows, problems
+
+
+def without_timings(path):
+    record = json.loads(path.read_text())
+    assert set(record["timings_ms"]) >= {"forward_backward", "method", "writing"}
+    del record["timings_ms"]
+    return record
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_slots", [1, 2])
+def test_pipelined_equals_sequential(default, folder, tmp_path, model_slots):
+    items, _ = items_from_paths([folder])
+    expected_rows, _ = sequential(default, items, tmp_path / "seq", METHODS, batch_size=3)
+    rows, problems = explain_folder(default, iter(items), tmp_path / "pipe", METHODS,
+                                    batch_size=3, pool_size=2, model_slots=model_slots)
+    assert problems == []
+    # same rows in the same order (image, top-1, target, method); the ms column is a timing
+    assert [r[:4] for r in rows] == [r[:4] for r in expected_rows]
+    assert [r[0] for r in rows[::2]] == [f"p{k}" for k in range(7)]
+    names = sorted(p.name for p in (tmp_path / "seq").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "pipe").iterdir())
+    assert len(names) == 7 * 2 * 3 + 1
+    for name in names:
+        seq, pipe = tmp_path / "seq" / name, tmp_path / "pipe" / name
+        if name.endswith(".json"):
+            assert without_timings(pipe) == without_timings(seq), name
+        else:  # .npy, overlay .png and index.html: byte for byte
+            assert pipe.read_bytes() == seq.read_bytes(), name
+
+
+def test_bad_image_in_the_middle_of_a_folder(folder, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("p0.jpg", "p1.png", "p3.png"):
+        (photos / name).write_bytes((folder / name).read_bytes())
+    (photos / "p2.jpg").write_bytes((folder / "p0.jpg").read_bytes()[:300])  # cut short
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["explain", str(photos), "--out", str(out), "--method",
+                                 "gradcam", "--batch-size", "2"])
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "p2.jpg" in errors[0] and "Traceback" not in result.output
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"p{k}.gradcam.{e}" for k in (0, 1, 3) for e in ("png", "npy", "json")]
+        + ["index.html"])
+    table = result.output[:result.output.index("wrote")]
+    assert table.index("p0") < table.index("p1") < table.index("p3")
+
+
+def test_rerun_replaces_outputs_and_keeps_other_files(default, tmp_path):
+    items = [Item("a", rgb=_photos()[0]), Item("b", rgb=_photos()[1])]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.gradcam.npy").write_bytes(b"stale")
+    (out / "notes.txt").write_text("mine")
+    explain_folder(default, items, out, ["gradcam"], batch_size=1)
+    first = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix == ".npy"}
+    assert np.load(out / "a.gradcam.npy").shape == (90, 120)  # no resumption: recomputed
+    explain_folder(default, items, out, ["gradcam"], batch_size=2)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.suffix == ".npy"} == first
+    assert (out / "notes.txt").read_text() == "mine"
+    assert not list(out.glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+class Recorded(Item):
+    """An Item noting which thread decodes it and how many items were taken so far."""
+
+    log: list = []
+
+    def load(self):
+        self.log.append((self.name, threading.current_thread().name))
+        return super().load()
+
+
+class Spy:
+    """An Explainer that notes the thread of each explain call."""
+
+    def __init__(self, explainer):
+        self.explainer, self.threads = explainer, []
+
+    def explain(self, images, **kwargs):
+        self.threads.append(threading.current_thread().name)
+        return self.explainer.explain(images, **kwargs)
+
+
+def test_stages_run_on_the_pool_threads(default, tmp_path):
+    Recorded.log = []
+    spy = Spy(default)
+    items = [Recorded(f"i{k}", rgb=rgb) for k, rgb in enumerate(_photos()[:4])]
+    rows, _ = explain_folder(spy, items, tmp_path, ["gradcam"], batch_size=2)
+    assert [r[0] for r in rows] == ["i0", "i1", "i2", "i3"]
+    assert sorted(name for name, _ in Recorded.log) == ["i0", "i1", "i2", "i3"]
+    assert all(thread.startswith("swag-io") for _, thread in Recorded.log)  # not the caller's
+    assert len(spy.threads) == 2 and all(t.startswith("swag-model") for t in spy.threads)
+
+
+def test_items_are_streamed_a_few_batches_ahead(default, tmp_path):
+    taken = []
+
+    def items():
+        for k in range(20):
+            taken.append(k)
+            yield Item(f"i{k}", rgb=np.full((32, 32, 3), 6 * k, np.uint8))
+
+    outcomes = explain_items(default, items(), tmp_path, Job(["gradient"], boundaries=False),
+                             batch_size=2, model_slots=2)
+    first = next(outcomes)
+    assert first.name == "i0" and first.problem is None
+    assert len(taken) <= (2 + 2) * 2  # the model slots, one batch decoding, one being taken
+    rest = list(outcomes)
+    assert [o.name for o in rest] == [f"i{k}" for k in range(1, 20)] and len(taken) == 20
+
+
+def test_a_write_error_is_raised_in_order(default, tmp_path):
+    (tmp_path / "i2.gradient.png").mkdir()  # a folder where a file goes
+    items = [Item(f"i{k}", rgb=rgb) for k, rgb in enumerate(_photos()[:6])]
+    outcomes = explain_items(default, items, tmp_path, Job(["gradient"]), batch_size=1)
+    assert [next(outcomes).name for _ in range(2)] == ["i0", "i1"]
+    with pytest.raises(BadOptionError, match="i2.gradient.png"):
+        next(outcomes)
