@@ -16,7 +16,6 @@ other error (a refused output path, a bad option) stops the run and is raised in
 from __future__ import annotations
 
 import itertools
-import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -104,24 +103,6 @@ def workers() -> int:
     return max(2, _cores())
 
 
-class _FirstAlone:
-    """Runs the first call alone: the explainer builds its onnxruntime sessions on first use,
-    which must not happen twice at once; later calls run concurrently (Session.run is
-    thread-safe)."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._done = False
-
-    def __call__(self, function):
-        if self._done:
-            return function()
-        with self._lock:
-            result = function()
-            self._done = True
-            return result
-
-
 def _decode(item) -> np.ndarray | BadImageError:
     """An item's uint8 RGB (H, W, 3), or the BadImageError saying why it cannot be read."""
     try:
@@ -135,7 +116,7 @@ def _write_all(results, stems: list[str], out_dir: Path, boundaries: bool) -> li
     return [write_explanation(r, s, out_dir, boundaries) for r, s in zip(results, stems)]
 
 
-def _model_stage(explainer, job: Job, batch: list, decoding: list[Future], pool, first,
+def _model_stage(explainer, job: Job, batch: list, decoding: list[Future], pool,
                  out_dir: Path) -> list[Outcome | Future]:
     """Runs on a model thread: waits for the batch's decodes, explains the good images in one
     call and hands each image's writing to the pool. Returns per item an Outcome (a problem) or
@@ -145,10 +126,10 @@ def _model_stage(explainer, job: Job, batch: list, decoding: list[Future], pool,
     outcomes: list = [Outcome(item.name, problem=str(rgb)) if isinstance(rgb, BadImageError)
                       else None for item, rgb in zip(batch, decoded)]
     if good:
-        results = first(lambda: explainer.explain(
+        results = explainer.explain(
             [rgb for _, rgb in good], method=job.methods, superpixels=job.superpixels,
             target=job.target, on_progress=job.on_progress, meta=job.meta,
-            meta_lr=job.meta_lr, **job.params))
+            meta_lr=job.meta_lr, **job.params)
         per_image = len(results) // len(good)
         for j, (k, _) in enumerate(good):
             mine = results[j * per_image:(j + 1) * per_image]
@@ -179,7 +160,6 @@ def explain_items(explainer, items: Iterable, out_dir: Path, job: Job, batch_siz
         raise ValueError(f"batch_size and model_slots must be >= 1, got {batch_size}, "
                          f"{model_slots}")
     batches = _chunks(items, batch_size)
-    first = _FirstAlone()
     with ThreadPoolExecutor(pool_size or workers(), thread_name_prefix="swag-io") as pool, \
             ThreadPoolExecutor(model_slots, thread_name_prefix="swag-model") as models:
         in_flight: deque = deque()  # (batch, Future of its staged outcomes)
@@ -187,7 +167,7 @@ def explain_items(explainer, items: Iterable, out_dir: Path, job: Job, batch_siz
             for batch in batches:
                 decoding = [pool.submit(_decode, item) for item in batch]
                 in_flight.append((batch, models.submit(_model_stage, explainer, job, batch,
-                                                       decoding, pool, first, Path(out_dir))))
+                                                       decoding, pool, Path(out_dir))))
                 # keep the model threads busy plus one batch decoding ahead
                 while len(in_flight) > model_slots + 1:
                     yield from _collect(*in_flight.popleft())

@@ -20,6 +20,7 @@ import os
 import re
 import stat
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -231,6 +232,9 @@ class ModelRunner:
         self._meta = None  # (session, contract, original parameter values), made on first use
         self._stages = None  # parameter_stages, found with the weights-augmented model
         self._heads = {}  # layer -> session on the model from that layer on (layer_scores)
+        # the sessions above are built on first use, once, also when several threads ask at
+        # once (swag_onnx.folder runs explain calls on two threads)
+        self._building = threading.RLock()
         self._options = (provider, threads)
         self._layers_score = (tuple(layers), score)
 
@@ -244,12 +248,14 @@ class ModelRunner:
     def gradient(self):
         """The session on the augmented model (augmented and cached on first use; raises
         BadModelError naming the op that cuts the gradient path when there is none)."""
-        if self._augmented is None:
-            import onnx
+        with self._building:
+            if self._augmented is None:
+                import onnx
 
-            grad_model = augmented_path(self.model, *self._layers_score)
-            contract = Contract.from_model(onnx.load(str(grad_model), load_external_data=False))
-            self._augmented = (_session(grad_model, *self._options), contract)
+                grad_model = augmented_path(self.model, *self._layers_score)
+                contract = Contract.from_model(onnx.load(str(grad_model),
+                                                         load_external_data=False))
+                self._augmented = (_session(grad_model, *self._options), contract)
         return self._augmented[0]
 
     @property
@@ -260,12 +266,14 @@ class ModelRunner:
     @property
     def plain(self):
         """A session on the original model (with the score as an output), made on first use."""
-        if self._plain is None:
-            self._plain = _session(_with_score_output(self.model, self._basic.score),
-                                   *self._options)
-            self._input_type = _NUMPY_TYPES.get(
-                {i.name: i.type for i in self._plain.get_inputs()}[self._basic.image_input],
-                np.float32)
+        with self._building:
+            if self._plain is None:
+                plain = _session(_with_score_output(self.model, self._basic.score),
+                                 *self._options)
+                self._input_type = _NUMPY_TYPES.get(
+                    {i.name: i.type for i in plain.get_inputs()}[self._basic.image_input],
+                    np.float32)
+                self._plain = plain
         return self._plain
 
     @property
@@ -358,24 +366,25 @@ class ModelRunner:
         """Sessions on the weights-augmented model (one returning the parameter gradients, one
         without those outputs, so that onnxruntime drops their nodes), its contract and the
         original parameter values."""
-        if self._meta is None:
-            from onnx import numpy_helper
+        with self._building:
+            if self._meta is None:
+                from onnx import numpy_helper
 
-            model = load_model(augmented_path(self.model, *self._layers_score, weights=True))
-            contract = Contract.from_model(model)
-            wanted = set(contract.weights)
-            originals = {t.name: numpy_helper.to_array(t)
-                         for t in model.graph.initializer if t.name in wanted}
-            self._stages = _parameter_stages(model, contract, _stage_layers(self.model,
-                                                                            contract.score))
-            for value in originals.values():
-                value.setflags(write=False)  # handed out by parameter_values
-            with_weights = _session(model.SerializeToString(), *self._options)
-            outputs = [o for o in model.graph.output if not o.name.startswith("swag.wgrad.")]
-            del model.graph.output[:]
-            model.graph.output.extend(outputs)
-            self._meta = (with_weights, _session(model.SerializeToString(), *self._options),
-                          contract, originals)
+                model = load_model(augmented_path(self.model, *self._layers_score, weights=True))
+                contract = Contract.from_model(model)
+                wanted = set(contract.weights)
+                originals = {t.name: numpy_helper.to_array(t)
+                             for t in model.graph.initializer if t.name in wanted}
+                self._stages = _parameter_stages(model, contract, _stage_layers(self.model,
+                                                                                contract.score))
+                for value in originals.values():
+                    value.setflags(write=False)  # handed out by parameter_values
+                with_weights = _session(model.SerializeToString(), *self._options)
+                outputs = [o for o in model.graph.output if not o.name.startswith("swag.wgrad.")]
+                del model.graph.output[:]
+                model.graph.output.extend(outputs)
+                self._meta = (with_weights, _session(model.SerializeToString(), *self._options),
+                              contract, originals)
         return self._meta
 
     def stepped_gradients(self, batch: np.ndarray, loss_seed: np.ndarray, seed: np.ndarray,
@@ -414,8 +423,9 @@ class ModelRunner:
         on first use per layer and kept. parameters: as in `scores` (those of the head are fed
         to a second head session whose parameters are inputs)."""
         overridable = bool(parameters)
-        if (layer, overridable) not in self._heads:
-            self._heads[layer, overridable] = self._head_session(layer, overridable)
+        with self._building:
+            if (layer, overridable) not in self._heads:
+                self._heads[layer, overridable] = self._head_session(layer, overridable)
         session = self._heads[layer, overridable]
         inputs = {i.name: _NUMPY_TYPES.get(i.type, np.float32) for i in session.get_inputs()}
         feeds = {layer: np.ascontiguousarray(acts, dtype=inputs[layer])}
