@@ -396,15 +396,16 @@ def explain(
         cluster = ray_cluster(ray, ray_workers)
         planned = plan(method, params, superpixels)  # every option checked before any run
         if meta:
-            check_meta([entry for entry, _ in planned], meta_lr)
+            check_meta([entry for entry, _ in planned], meta_lr, {e.name: c for e, c in planned})
         overrides = _card_overrides(input_size, layout, resize, mean, std, offset, divisor, labels)
         if ray is not None:  # the model runs on Ray actors: here it is only read, on the CPU
             from swag_onnx import distributed
 
             distributed.require_ray()
             args = distributed.explainer_args(model, overrides, layer, provider, threads)
-        explainer = Explainer(model, card=overrides, layers=layer or None,
-                              provider=provider if ray is None else "cpu", threads=threads)
+        explainer = Explainer(model, card=overrides, layers=layer or None,  # spinning: the
+                              provider=provider if ray is None else "cpu", threads=threads,
+                              spinning=False)  # folder loop runs two model threads and SLIC
         items, problems = items_from_paths(images)
         if ray is not None and items:
             with _progress(len(items)) as progress:

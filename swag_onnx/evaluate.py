@@ -119,11 +119,11 @@ def plan(methods, metrics, options: dict, *, annotations_path=None, items=(), me
     taken = set().union(*(m.params for m in chosen))
     method_given = {k: v for k, v in method_given.items()
                     if k in taken or k not in SHARED_OPTIONS}
-    method_registry.split_params(chosen, method_given)
+    checked = method_registry.split_params(chosen, method_given)
     protocol = metric_registry.check_protocol({k: v for k, v in given.items()
                                                if k in protocol_names})
     if meta:
-        meta_lr = method_registry.check_meta(chosen, meta_lr)
+        meta_lr = method_registry.check_meta(chosen, meta_lr, checked)
     annotations = {}
     if any("annotations" in m.needs for m in measures):
         names = ", ".join(m.name for m in measures if "annotations" in m.needs)

@@ -65,16 +65,18 @@ class Explainer:
     model: a folder with model.onnx and card.json, an .onnx file (card.json or <stem>.card.json
     beside it), or None for the embedded default model. card: fields that replace or stand in
     for the card's (input_size, scaling, layout, resize, class_names, ...). layers: tensor names
-    (or "auto") for the layer-based methods; default the card's default_layers.
+    (or "auto") for the layer-based methods; default the card's default_layers. spinning: False
+    when other work shares the cores while the model runs (the pipelined folder loop): the
+    runtime's worker threads then sleep between ops instead of spinning.
     """
 
     def __init__(self, model: str | Path | None = None, *, card: dict | None = None,
                  layers: list[str] | None = None, provider: str = "auto",
-                 threads: int | None = None):
+                 threads: int | None = None, spinning: bool = True):
         self.onnx_path, self.card = cards.resolve(model, card)
         layers = layers or self.card.get("default_layers") or ["auto"]
         self.runner = ModelRunner(self.onnx_path, layers=layers, score=self.card.get("score"),
-                                  provider=provider, threads=threads)
+                                  provider=provider, threads=threads, spinning=spinning)
         self.card.setdefault("layout", self.runner.contract.layout)
         self.provider = self.runner.provider
 
@@ -114,7 +116,9 @@ class Explainer:
         meta: meta-saliency (Rebuffi et al.): each image's maps come from the model after one
         plain SGD step of learning rate `meta_lr` on the cross-entropy of its target class (all
         parameters, batch-norm statistics frozen; a negative rate gives the "adversarial"
-        variant); the model itself is untouched. Only for methods flagged `meta`.
+        variant); the model itself is untouched. Only for methods flagged `meta`, with
+        parameters that keep them on the shared run (registry.check_meta: e.g. not SWAG's
+        average).
         parameters: {parameter name: array} replacing the model's own values in every model run
         of this call (the shared run and the model functions the methods call; names and shapes
         from `self.runner.parameter_values()`), fed through the parameter inputs of the
@@ -124,9 +128,10 @@ class Explainer:
         """
         planned = plan(method, params, superpixels)
         if meta:
-            meta_lr = registry.check_meta([m for m, _ in planned], meta_lr)
+            meta_lr = registry.check_meta([m for m, _ in planned], meta_lr,
+                                          {m.name: checked for m, checked in planned})
         fixed = cards.parse_target(self.card, target, self.num_classes)
-        needs = set().union(*(m.needs for m, _ in planned))
+        needs = set().union(*(m.needs_for(checked) for m, checked in planned))
         if needs & SHARED_RUN:
             self.runner.gradient  # noqa: B018 (augment and load now: not timed as a model run)
         start = time.perf_counter()
@@ -143,8 +148,8 @@ class Explainer:
                 progress = functools.partial(on_progress, entry.name) \
                     if on_progress is not None and entry.progress else None
                 t0 = time.perf_counter()
-                inputs = self._inputs(entry, batch[i], outputs, i, targets[i], rgb,
-                                      geometries[i], progress, parameters)
+                inputs = self._inputs(entry.needs_for(checked), batch[i], outputs, i,
+                                      targets[i], rgb, geometries[i], progress, parameters)
                 output = entry.run(inputs, **checked)
                 t1 = time.perf_counter()
                 saliency = imgs.normalize(imgs.to_original(output.saliency, geometries[i]))
@@ -181,10 +186,10 @@ class Explainer:
                                                     meta_lr, parameters)
         return outputs, probabilities, targets
 
-    def _inputs(self, entry: Method, x, outputs, i: int, target: int, rgb, geometry,
+    def _inputs(self, needs: frozenset[str], x, outputs, i: int, target: int, rgb, geometry,
                 progress, parameters=None) -> Inputs:
-        """What `entry` declared it needs, for image i (and nothing else); the model functions
-        run with `parameters` (see `explain`)."""
+        """The `needs` a method declared for its parameters (Method.needs_for), for image i
+        (and nothing else); the model functions run with `parameters` (see `explain`)."""
         overridden = functools.partial(functools.partial, parameters=parameters) \
             if parameters else (lambda function: function)
         inputs = Inputs(x=x, channel_axis=0 if self.card["layout"] == "NCHW" else -1,
@@ -202,7 +207,7 @@ class Explainer:
             "preprocess": lambda: {"preprocess": lambda image: imgs.preprocess(image,
                                                                                self.card)[0][0]},
         }
-        for need in entry.needs:
+        for need in needs:
             for key, value in makers[need]().items():
                 setattr(inputs, key, value)
         return inputs

@@ -73,7 +73,7 @@ def write_files(result, stem: str, out_dir: Path, boundaries: bool) -> float:
     picture = imgs.overlay(result.image, result.saliency, caption,
                            boundaries=result.labels if boundaries else None)
     imgs.write_png(base + ".png", picture)
-    imgs.write_npy(base + ".npy", result.saliency.astype(np.float32))
+    imgs.write_npy(base + ".npy", np.asarray(result.saliency, np.float32))  # no copy if float32
     elapsed = (time.perf_counter() - start) * 1e3
     record = result.record()
     record["timings_ms"]["writing"] = round(elapsed, 2)

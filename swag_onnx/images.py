@@ -650,15 +650,41 @@ def overlay(rgb: np.ndarray, saliency: np.ndarray, caption: str,
     if boundaries is not None:
         if np.shape(boundaries) != shape:
             raise ValueError(f"boundaries have shape {np.shape(boundaries)}, the image is {shape}")
-        edges = find_boundaries(np.asarray(boundaries), mode="thick")
+        edges = thick_boundaries(np.asarray(boundaries))
         grow = max(shape[1], shape[0]) // 1500  # keep lines visible on very large images
         if grow:
             edges = cv2.dilate(edges.astype(np.uint8), np.ones((grow + 1, grow + 1), np.uint8)) > 0
         # White on dark pixels, black on bright ones: visible on every part of the colour map.
-        luma = out[edges].astype(np.float32) @ np.float32([0.299, 0.587, 0.114])
-        out[edges] = np.where(luma[:, None] < 128, 255, 0).astype(np.uint8)
+        # Flat indices: gathering by index is ~2x faster than by a boolean (H, W) mask.
+        pixels, where = out.reshape(-1, 3), np.flatnonzero(edges)
+        luma = pixels[where].astype(np.float32) @ np.float32([0.299, 0.587, 0.114])
+        pixels[where] = np.where(luma < 128, 255, 0).astype(np.uint8)[:, None]
     _draw_caption(out, caption)
     return out
+
+
+_CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+
+
+def thick_boundaries(labels: np.ndarray) -> np.ndarray:
+    """bool (H, W): pixels with a 4-neighbour of another label, i.e. exactly
+    skimage.segmentation.find_boundaries(labels, mode="thick").
+
+    labels: int (H, W), any values (labels_to_original marks pixels outside the crop -1).
+    find_boundaries compares the grey dilation and erosion (cross footprint) of scipy.ndimage;
+    OpenCV's are ~10x faster but have no 32/64-bit integer morphology. The result only depends
+    on which neighbours are equal, and the cast to uint16 (modulo 2**16) keeps labels apart when
+    max - min < 2**16 (every segmentation here); other label sets go through scikit-image. The
+    image border is handled alike: outside pixels never count.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be (H, W), got shape {labels.shape}")
+    if labels.size and np.issubdtype(labels.dtype, np.integer) \
+            and int(labels.max()) - int(labels.min()) < 2**16:
+        small = labels.astype(np.uint16)
+        return cv2.dilate(small, _CROSS) != cv2.erode(small, _CROSS)
+    return find_boundaries(labels, mode="thick")
 
 
 def _draw_caption(image: np.ndarray, caption: str) -> None:
@@ -703,15 +729,24 @@ def _wrap(text: str, measure: Callable[[str], int], limit: int) -> list[str]:
 
 # -------------------------------------------------------------------------------------- writing
 
+# zlib level 1, run-length matching and libpng's "Up" filter on every row (lossless, like any
+# PNG). On bench_folder's overlays (~450 kB raw): 7.0 ms and 201 kB per image, against 11.8 ms
+# and 199 kB for level 1 with libpng's adaptive choice among all five filters per row (level
+# 0: 4.9 ms, 440 kB). An older OpenCV without IMWRITE_PNG_FILTER keeps the adaptive choice.
+PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1,
+              cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE] + \
+    ([cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP] if hasattr(cv2, "IMWRITE_PNG_FILTER")
+     else [])
+
+
 def write_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
     """Write uint8 RGB (H, W, 3) or gray (H, W) as PNG, atomically."""
     image = np.asarray(rgb)
     if image.dtype != np.uint8 or image.shape[2:] not in ((), (3,)) or image.ndim not in (2, 3):
         raise ValueError(f"write_png needs uint8 (H, W, 3) or (H, W), got {image.dtype} "
                          f"{image.shape}")
-    # Compression level 1: files ~10% larger than the default 3, encoding ~30% faster.
     ok, encoded = cv2.imencode(".png", image if image.ndim == 2 else image[:, :, ::-1],
-                               [cv2.IMWRITE_PNG_COMPRESSION, 1])
+                               PNG_PARAMS)
     if not ok:
         raise ValueError(f"OpenCV could not encode an image of shape {image.shape} as PNG")
     atomic_write(path, lambda f: f.write(encoded.tobytes()))

@@ -11,9 +11,11 @@ import cv2
 import numpy as np
 import pytest
 from skimage import data
+from skimage.segmentation import find_boundaries, slic
 from typer.testing import CliRunner
 
 from swag_onnx import html
+from swag_onnx import images as imgs
 from swag_onnx.cli import app
 from swag_onnx.errors import BadImageError, BadOptionError
 from swag_onnx.evaluate import Item, items_from_paths
@@ -186,3 +188,86 @@ def test_a_write_error_is_raised_in_order(default, tmp_path):
     assert [next(outcomes).name for _ in range(2)] == ["i0", "i1"]
     with pytest.raises(BadOptionError, match="i2.gradient.png"):
         next(outcomes)
+
+
+# ------------------------------------------------------------------ the overlay's fast paths
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (9, 1), (2, 2), (7, 13), (64, 41)])
+@pytest.mark.parametrize("count", [1, 2, 5, 400])
+def test_thick_boundaries_are_find_boundaries(shape, count):
+    """OpenCV's uint16 morphology marks exactly scikit-image's thick boundaries, the image
+    border included."""
+    labels = np.random.default_rng(count).integers(0, count, shape)
+    np.testing.assert_array_equal(imgs.thick_boundaries(labels),
+                                  find_boundaries(labels, mode="thick"))
+
+
+@pytest.mark.parametrize("offset", [-1, -70_000, 65_530, 2**40])
+def test_thick_boundaries_of_shifted_labels(offset):
+    """Negative labels (outside the crop: -1) and labels past uint16 wrap around in the cast
+    but stay apart: the same boundaries."""
+    labels = np.random.default_rng(1).integers(0, 9, (30, 20)) + offset
+    np.testing.assert_array_equal(imgs.thick_boundaries(labels),
+                                  find_boundaries(labels, mode="thick"))
+
+
+def test_thick_boundaries_of_a_wide_label_range_fall_back():
+    labels = np.random.default_rng(2).integers(0, 2, (25, 30)) * 2**16  # equal in uint16
+    assert (labels == 2**16).any() and (labels == 0).any()
+    np.testing.assert_array_equal(imgs.thick_boundaries(labels),
+                                  find_boundaries(labels, mode="thick"))
+
+
+def test_thick_boundaries_of_slic_regions():
+    photo = data.astronaut()[::2, ::2]
+    labels = slic(photo, n_segments=150, start_label=0)
+    labels[:, :20] = -1  # as labels_to_original marks pixels outside the crop
+    edges = imgs.thick_boundaries(labels)
+    assert 0.05 < edges.mean() < 0.5
+    np.testing.assert_array_equal(edges, find_boundaries(labels, mode="thick"))
+
+
+def test_written_overlay_png_is_the_overlay_exactly(default, tmp_path):
+    """The fast PNG settings are lossless: the file decodes to the overlay's pixels."""
+    photo = _photos()[0]
+    result = default.explain([photo], method="swag-image")[0]
+    write_explanation(result, "cat", tmp_path, True)
+    probability = next(t["probability"] for t in result.top5
+                       if t["index"] == result.target["index"])
+    caption = f"{result.target['label']} {probability:.1%} | swag-image"
+    expected = imgs.overlay(photo, result.saliency, caption, boundaries=result.labels)
+    written = cv2.imread(str(tmp_path / "cat.swag-image.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(written[:, :, ::-1], expected)
+    assert (written[:, :, ::-1] != photo).any()  # a real overlay, not the photo
+
+
+SPINNING = "session.intra_op.allow_spinning"
+
+
+@pytest.mark.parametrize("spinning, entry", [(True, "1"), (False, "0")])
+def test_spinning_reaches_every_session(spinning, entry):
+    """Explainer(spinning=...) sets onnxruntime's worker spinning on the plain and gradient
+    sessions (spinning off: the folder loop's other threads get the cores)."""
+    runner = Explainer(spinning=spinning).runner
+    for session in (runner.plain, runner.gradient):
+        assert session.get_session_options().get_session_config_entry(SPINNING) == entry
+
+
+def test_cli_explain_runs_without_spinning(tmp_path, monkeypatch):
+    """`swag-onnx explain` runs the pipelined loop: its sessions do not spin."""
+    import swag_onnx.explain as explain_module
+
+    seen = []
+    real = explain_module.ModelRunner
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("spinning", True))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(explain_module, "ModelRunner", recording)
+    path = tmp_path / "cat.png"
+    cv2.imwrite(str(path), cv2.cvtColor(data.chelsea(), cv2.COLOR_RGB2BGR))
+    result = CliRunner().invoke(app, ["explain", str(path), "--out", str(tmp_path / "o"),
+                                      "--method", "gradcam"])
+    assert result.exit_code == 0, result.output
+    assert seen == [False]

@@ -190,3 +190,63 @@ def test_meta_bad_combinations(tmp_path, args, message):
     result = CliRunner().invoke(app, ["explain", str(path), "--out", str(tmp_path / "o"), *args])
     assert result.exit_code == 2 and message in result.output, result.output
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+# --meta with SWAG's --average (issue 11): averaging makes extra gradient runs of the model, not
+# the one stepped run meta-saliency changes; refused in one line before any model run.
+META_AVERAGE = [("explain", "swag", "smoothgrad"), ("explain", "swag-gradient", "integrated"),
+                ("explain", "swag-combined", "smoothgrad"), ("evaluate", "swag", "integrated"),
+                ("evaluate", "swag-combined", "smoothgrad")]
+
+
+def _count_model_runs(monkeypatch) -> list[str]:
+    runs: list[str] = []
+    for name in ("gradients", "stepped_gradients", "scores"):
+        real = getattr(ModelRunner, name)
+        monkeypatch.setattr(ModelRunner, name, lambda self, *a, _n=name, _r=real, **k:
+                            runs.append(_n) or _r(self, *a, **k))
+    return runs
+
+
+@pytest.mark.parametrize("command, method, average", META_AVERAGE)
+def test_meta_with_average_refused_in_one_line(tmp_path, monkeypatch, command, method, average):
+    import cv2
+
+    path = tmp_path / "cat.png"
+    cv2.imwrite(str(path), cv2.cvtColor(data.chelsea(), cv2.COLOR_RGB2BGR))
+    runs = _count_model_runs(monkeypatch)
+    out = tmp_path / "o"
+    extra = ["--metric", "deletion"] if command == "evaluate" else []
+    result = CliRunner().invoke(app, [command, str(path), "--out", str(out), "--method", method,
+                                      "--average", average, "--meta", *extra])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --meta cannot be combined with "
+                                                   f"--average {average} (swag-"), lines
+    assert "use --average none" in lines[0]
+    assert not out.exists() or not any(out.iterdir())
+    assert not runs  # refused before any model run
+
+
+def test_meta_with_average_refused_by_the_api(monkeypatch):
+    from swag_onnx.errors import BadOptionError
+    from swag_onnx.explain import Explainer
+
+    explainer = Explainer()
+    runs = _count_model_runs(monkeypatch)
+    with pytest.raises(BadOptionError, match="--average integrated"):
+        explainer.explain([data.chelsea()], method=["gradcam", "swag-image"], meta=True,
+                          average="integrated")
+    assert not runs
+
+
+def test_meta_with_average_none_is_plain_meta():
+    """average none keeps SWAG on the shared run: --meta applies and the map is unchanged."""
+    from swag_onnx.explain import Explainer
+
+    explainer = Explainer()
+    image = data.chelsea()
+    meta, = explainer.explain([image], method="swag-gradient", meta=True)
+    given, = explainer.explain([image], method="swag-gradient", meta=True, average="none")
+    np.testing.assert_array_equal(meta.saliency, given.saliency)
+    assert given.params["average"] == "none" and given.params["meta_lr"] == 0.0025

@@ -222,3 +222,111 @@ def test_bad_protocol_option_is_refused_before_any_map(photo_file, tmp_path, mon
     assert not out.exists() or not any(out.iterdir())
     fixed = CliRunner().invoke(app, args)
     assert fixed.exit_code == 0, fixed.output
+
+
+# ------------------------------------------------- needs that depend on parameters (needs_for)
+
+from swag_onnx.errors import BadOptionError  # noqa: E402
+from swag_onnx.methods import registry  # noqa: E402
+
+
+def test_needs_for_the_defaults_are_the_declared_needs():
+    for name, entry in METHODS.items():
+        assert entry.needs_for() == entry.needs == entry.needs_for({}), name
+
+
+@pytest.mark.parametrize("name, params, needs", [
+    ("swag-image", {}, {"input_grad", "image"}),
+    ("swag-image", {"average": "none", "average_samples": 4}, {"input_grad", "image"}),
+    ("swag-image", {"average": "smoothgrad"}, {"grad_fn", "image"}),
+    ("swag-gradient", {"average": "integrated", "n_segments": 50}, {"grad_fn", "image"}),
+    ("swag-combined", {"average": "smoothgrad", "seed": 4}, {"grad_fn", "image"}),
+    ("smoothgrad", {"samples": 3}, {"grad_fn"}),  # static needs: parameters change nothing
+    ("gradcam", {}, {"layers"}),
+])
+def test_needs_for_parameters(name, params, needs):
+    assert METHODS[name].needs_for(params) == needs
+
+
+def _toy(monkeypatch, needs_for, needs=("input_grad",)):
+    """Register a throw-away entry `toy` (a copy of the registry: nothing leaks) with two
+    choice parameters a and b."""
+    from typing import Annotated
+
+    from swag_onnx.validation import Choice
+
+    monkeypatch.setattr(registry, "METHODS", dict(registry.METHODS))
+
+    def run(inputs, *, a: Annotated[str, Choice(("x", "y")), "a"] = "x",
+            b: Annotated[str, Choice(("x", "y")), "b"] = "x"):
+        raise AssertionError("never run")
+
+    registry.method("toy", needs=set(needs), needs_for=needs_for, meta=True, summary="toy",
+                    reference="here")(run)
+    return registry.METHODS["toy"]
+
+
+@pytest.mark.parametrize("needs_for, message", [
+    (lambda p: {"grad_fn"}, "differs from needs"),  # the defaults must give the declared needs
+    (lambda p: {"input_grad", "gradients?"}, "unknown needs"),
+])
+def test_registration_refuses_inconsistent_needs_for(monkeypatch, needs_for, message):
+    with pytest.raises(TypeError, match=message):
+        _toy(monkeypatch, needs_for)
+
+
+@pytest.mark.parametrize("given, culprit", [
+    ({"a": "y"}, "--a y"),
+    ({"a": "y", "b": "y"}, "--a y"),  # b alone changes no need: not named
+    ({"b": "y"}, None),  # needs unchanged: meta applies
+])
+def test_check_meta_names_the_option_that_leaves_the_shared_run(monkeypatch, given, culprit):
+    toy = _toy(monkeypatch, lambda p: {"input_grad"} if p["a"] == "x" else {"grad_fn"})
+    if culprit is None:
+        assert registry.check_meta([toy], 0.5, {"toy": given}) == 0.5
+        return
+    with pytest.raises(BadOptionError) as info:
+        registry.check_meta([toy], 0.5, {"toy": given})
+    text = str(info.value)
+    assert f"--meta cannot be combined with {culprit} (toy)" in text
+    assert "\n" not in text and "use --a x" in text and "--b" not in text
+
+
+def test_unknown_need_at_run_time_is_a_bug(monkeypatch):
+    toy = _toy(monkeypatch, lambda p: {"input_grad"} if p["a"] == "x" else {"telepathy"})
+    with pytest.raises(TypeError, match="telepathy"):
+        toy.needs_for({"a": "y"})
+
+
+# averaged SWAG through every front door (the API, `explain`, `evaluate`), on the default model
+AVERAGED = [("swag-image", "smoothgrad"), ("swag-gradient", "integrated"),
+            ("swag-combined", "smoothgrad")]
+
+
+@pytest.mark.parametrize("name, average", AVERAGED)
+def test_averaged_swag_through_every_door(explainer, photo_file, tmp_path, name, average):
+    from typer.testing import CliRunner
+
+    from swag_onnx.cli import app
+    from swag_onnx.results import read_results
+
+    api, = explainer.explain([make_golden.photo()], method=name, average=average,
+                             average_samples=2)
+    plain, = explainer.explain([make_golden.photo()], method=name)
+    assert api.params["average"] == average and api.params["average_samples"] == 2
+    assert np.abs(api.saliency - plain.saliency).max() > 0.05
+    options = ["--method", name, "--average", average, "--average-samples", "2"]
+    runner = CliRunner()
+    out = tmp_path / "explain"
+    done = runner.invoke(app, ["explain", str(photo_file), "--out", str(out), *options])
+    assert done.exit_code == 0, done.output
+    record = json.loads((out / f"cat.{name}.json").read_text())
+    assert record["params"]["average"] == average and record["params"]["average_samples"] == 2
+    # the CLI's photo went through a PNG file: the same pixels, so the same map
+    np.testing.assert_allclose(np.load(out / f"cat.{name}.npy"), api.saliency, atol=1e-5)
+    scored = runner.invoke(app, ["evaluate", str(photo_file), "--out", str(tmp_path / "eval"),
+                                 "--metric", "deletion", "--step", "2240", "--no-controls",
+                                 *options])
+    assert scored.exit_code == 0, scored.output
+    rows = read_results(tmp_path / "eval" / "results.csv")
+    assert [(r["method"], r["metric"]) for r in rows] == [(name, "deletion")]

@@ -280,6 +280,80 @@ def test_max_pool_float32_first_maximum_as_torch(opset):
         assert np.array_equal(_float32_input_grad(model, x, seed_row), xt.grad.numpy())
 
 
+
+def _torch_max_pool_grad(x, attrs, seed_rows):
+    """torch's float64 input gradient of max_pool{1,2,3}d (symmetric pads) for seed rows [N, M]."""
+    import torch
+
+    pool = getattr(torch.nn.functional, f"max_pool{x.ndim - 2}d")
+    xt = torch.tensor(x.astype(np.float64), requires_grad=True)
+    y = pool(xt, attrs["kernel_shape"], attrs["strides"], attrs["pads"][:x.ndim - 2],
+             attrs["dilations"], bool(attrs["ceil_mode"]))
+    y.backward(torch.tensor(seed_rows, dtype=torch.float64).reshape(y.shape))
+    return xt.grad.numpy()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    rank=st.integers(1, 3), kernel=st.integers(1, 4), stride=st.integers(1, 3),
+    pad=st.integers(0, 2), ceil_mode=st.integers(0, 1), dilation=st.integers(1, 2),
+    size=st.integers(5, 9), double=st.booleans(), seed=st.integers(0, 1000),
+)
+def test_max_pool_ties_as_torch_any_rank(rank, kernel, stride, pad, ceil_mode, dilation, size,
+                                         double, seed):
+    """1-D, 2-D and 3-D pools (the rule routes one axis at a time) on inputs full of ties, ceil
+    mode edge windows (also ones that start past the input) included: dY goes where torch's
+    float64 backward sends it, bit for bit (integer seeds keep every sum exact)."""
+    pad = min(pad, kernel // 2)  # torch: at most half the kernel
+    rng = np.random.default_rng(seed)
+    shape = (2, 2) + tuple(int(v) for v in rng.integers(size - 1, size + 2, rank))
+    assume((kernel - 1) * dilation + 1 <= min(shape[2:]) + 2 * pad)  # an output exists
+    attrs = {"kernel_shape": [kernel] * rank, "strides": [stride] * rank, "pads": [pad] * 2 * rank,
+             "ceil_mode": ceil_mode, "dilations": [dilation] * rank}
+    x = rng.integers(0, 3, shape).astype(np.float64 if double else np.float32)
+    image = x.reshape(shape[:3] + (-1,))  # the augmenter wants a rank-4 image: reshaped inside
+    model = one_node_model("MaxPool", image.shape, attrs=attrs, reshape_to=shape,
+                           dtype=TensorProto.DOUBLE if double else TensorProto.FLOAT)
+    width = session(model).run(None, {"x": image})[0].shape[1]
+    seed_rows = rng.integers(1, 2**10, (2, width)).astype(x.dtype)
+    got = _float32_input_grad(model, image, seed_rows)
+    assert np.array_equal(got.reshape(shape), _torch_max_pool_grad(x, attrs, seed_rows))
+
+
+@pytest.mark.parametrize("values", ["relu", "signed"])
+def test_max_pool_stem_shapes_as_torch(values):
+    """The pools of the benchmark networks (squeezenet 3x3/2 ceil mode on an odd size, resnet's
+    3x3/2 pad 1, googlenet's 3x3/1 pad 1 and 2x2/2 ceil mode), on ReLU-like inputs (a third of
+    them zero: all-zero windows) and on signed ones."""
+    rng = np.random.default_rng(7)
+    for kernel, stride, pad, ceil, size in ((3, 2, 0, 1, 23), (3, 2, 1, 0, 24), (3, 1, 1, 1, 14),
+                                            (2, 2, 0, 1, 13)):
+        x = rng.standard_normal((1, 16, size, size)).astype(np.float32)
+        if values == "relu":
+            x = np.maximum(x, 0.0).astype(np.float32) * (rng.random(x.shape) > 0.2)
+        attrs = {"kernel_shape": [kernel] * 2, "strides": [stride] * 2, "pads": [pad] * 4,
+                 "ceil_mode": ceil, "dilations": [1, 1]}
+        model = one_node_model("MaxPool", x.shape, attrs=attrs, dtype=TensorProto.FLOAT)
+        width = session(model).run(None, {"x": x})[0].shape[1]
+        seed_rows = rng.integers(-2**8, 2**8, (1, width)).astype(np.float32)
+        got = _float32_input_grad(model, x, seed_rows)
+        assert np.array_equal(got, _torch_max_pool_grad(x, attrs, seed_rows)), (kernel, stride)
+
+
+def test_max_pool_float16_argmax_route_as_torch():
+    """Float16 pools keep the argmax route (one-hot taps + ConvTranspose: onnxruntime's CPU
+    ScatterElements cannot add float16), first maximum as torch."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 3, (1, 2, 9, 8)).astype(np.float16)
+    attrs = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "ceil_mode": 1,
+             "dilations": [1, 1]}
+    model = one_node_model("MaxPool", x.shape, attrs=attrs, dtype=TensorProto.FLOAT16)
+    width = session(model).run(None, {"x": x})[0].shape[1]
+    seed_rows = rng.integers(1, 2**6, (1, width)).astype(np.float16)
+    got = _float32_input_grad(model, x, seed_rows)
+    assert np.array_equal(got.astype(np.float64), _torch_max_pool_grad(x, attrs, seed_rows))
+
+
 def _identity_conv_then(op, inputs, channels):
     """x [2, channels, 4, 5] -> 1x1 Conv with identity weights (y = x exactly; with 16 channels
     onnxruntime runs it in its blocked NCHWc layout) -> op -> Flatten, float32."""
@@ -322,3 +396,58 @@ def test_float32_activation_masks_exact_at_bounds(op, bounds, channels):
         x < np.float32(hi) if hi is not None else True)
     got = _float32_input_grad(model, x, seed)
     assert np.array_equal(got, seed.reshape(x.shape) * inside)
+
+
+def _conv_then_swish(channels):
+    """x [2, channels, 4, 5] -> identity 1x1 Conv -> y = conv * Sigmoid(conv) (SiLU as torch
+    exports it, fused by augment into one backward pattern) -> Flatten, float32."""
+    model = _identity_conv_then("Sigmoid", [], channels)
+    graph = model.graph
+    graph.node.insert(2, helper.make_node("Mul", ["conv", "out0"], ["swish"]))
+    graph.node[3].input[0] = "swish"
+    return model
+
+
+@pytest.mark.parametrize("channels", [16, 3])  # blocked (1 - s as BatchNormalization) and not
+def test_float32_swish_matches_torch(channels):
+    """SiLU's input gradient dy * (s + y (1 - s)) against torch.autograd in float64."""
+    import torch
+
+    model = _conv_then_swish(channels)
+    augmented = augment_model(model)
+    ops = [n.op_type for n in augmented.graph.node]
+    assert ("BatchNormalization" in ops) == (channels % 8 == 0)
+    assert "Sigmoid" in ops and ops.count("Sigmoid") == 1  # the forward's, not recomputed
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-8, 8, (2, channels, 4, 5)).astype(np.float32)
+    seed = rng.standard_normal((2, channels * 20)).astype(np.float32)
+    got = session(augmented).run(["swag.grad.x"], {"x": x, "swag.seed": seed})[0]
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    (torch.nn.functional.silu(xt).reshape(2, -1) * torch.tensor(seed, dtype=torch.float64)
+     ).sum().backward()
+    np.testing.assert_allclose(got, xt.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("channels", [16, 3])  # blocked (Relu / BatchNormalization) and not
+def test_float32_hard_swish_matches_torch(channels):
+    """HardSwish's input gradient against torch.autograd in float64 away from the kinks, and
+    exactly 0 at x <= -3 and dy at x >= 3 (the kinks included, as the rule documents)."""
+    import torch
+
+    model = _identity_conv_then("HardSwish", [], channels)
+    augmented = augment_model(model)
+    assert ("BatchNormalization" in [n.op_type for n in augmented.graph.node]) == (channels == 16)
+    rng = np.random.default_rng(4)
+    x = away_from(rng.uniform(-8, 8, (2, channels, 4, 5)), [-3.0, 3.0]).astype(np.float32)
+    edges = np.array([-3.0, 3.0, -1e30, 1e30, np.nextafter(np.float32(-3), np.float32(-4)),
+                      np.nextafter(np.float32(3), np.float32(4)), -20.0, 20.0], np.float32)
+    x.reshape(-1)[:len(edges)] = edges
+    seed = rng.standard_normal((2, channels * 20)).astype(np.float32)
+    got = session(augmented).run(["swag.grad.x"], {"x": x, "swag.seed": seed})[0]
+    dy = seed.reshape(x.shape)
+    outside = (x <= -3) | (x >= 3)
+    assert np.array_equal(got[outside], np.where(x >= 3, dy, 0.0)[outside])
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    (torch.nn.functional.hardswish(xt).reshape(2, -1) * torch.tensor(seed, dtype=torch.float64)
+     ).sum().backward()
+    np.testing.assert_allclose(got[~outside], xt.grad.numpy()[~outside], rtol=1e-5, atol=1e-6)

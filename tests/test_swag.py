@@ -456,3 +456,132 @@ def test_scales_through_the_cli_is_one_line(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "scales" in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# --average through the registry and the Explainer (issue 11): a ReLU network built here, its
+# input gradient written out in NumPy, is the oracle; the averaged gradient is recomputed from
+# it at the same noisy inputs (same seed) or path points, then pooled by SWAG's own steps.
+
+MLP_SIZE, MLP_HIDDEN, MLP_CLASSES = 24, 12, 3
+
+
+@pytest.fixture(scope="module")
+def relu_mlp(tmp_path_factory):
+    """(path, card, weights): y = W2 relu(W1 flatten(x) + b1) + b2 on (N, 3, 24, 24) inputs in
+    [-1, 1]; biases large enough that the ReLU pattern changes along the noise and the path."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(11)
+    weights = {"W1": rng.standard_normal((MLP_HIDDEN, 3 * MLP_SIZE ** 2)) * 0.05,
+               "b1": rng.standard_normal(MLP_HIDDEN) * 0.5,
+               "W2": rng.standard_normal((MLP_CLASSES, MLP_HIDDEN)),
+               "b2": rng.standard_normal(MLP_CLASSES) * 0.1}
+    weights = {k: v.astype(np.float32) for k, v in weights.items()}
+    nodes = [helper.make_node("Identity", ["x"], ["xi"]),  # a spatial layer for "auto"
+             helper.make_node("Flatten", ["xi"], ["flat"], axis=1),
+             helper.make_node("Gemm", ["flat", "W1", "b1"], ["h"], transB=1),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "W2", "b2"], ["y"], transB=1)]
+    shape = ["N", 3, MLP_SIZE, MLP_SIZE]
+    graph = helper.make_graph(
+        nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", MLP_CLASSES])],
+        initializer=[numpy_helper.from_array(v, k) for k, v in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path_factory.mktemp("swag_average") / "mlp.onnx"
+    onnx.save(model, str(path))
+    card = {"input_size": [MLP_SIZE, MLP_SIZE], "resize": None, "layout": "NCHW",
+            "scaling": {"offset": 127.5, "divisor": 127.5}}
+    return path, card, {k: v.astype(np.float64) for k, v in weights.items()}
+
+
+def mlp_gradient(weights, x: np.ndarray, target: int) -> np.ndarray:
+    """dy_target/dx (3, S, S) of the ReLU network at x (3, S, S), in float64."""
+    h = weights["W1"] @ x.astype(np.float64).ravel() + weights["b1"]
+    return (weights["W1"].T @ (weights["W2"][target] * (h > 0))).reshape(x.shape)
+
+
+def oracle_average(weights, x, target, average, samples, noise, seed) -> np.ndarray:
+    """The gradient SWAG should pool, without swag_onnx's code: at x; the mean at x + sigma e_i
+    (e_i: numpy's default_rng(seed) normals in sample order, sigma = noise * (max x - min x));
+    or the trapezoid mean along a x, a = 0, 1/(n-1), ..., 1 (ends weighted 1/2)."""
+    if average == "none":
+        return mlp_gradient(weights, x, target)
+    if average == "smoothgrad":
+        sigma = noise * float(x.max() - x.min())
+        e = np.random.default_rng(seed).standard_normal((samples, *x.shape))
+        noisy = (x[None].astype(np.float64) + sigma * e).astype(np.float32)  # what ran
+        return np.mean([mlp_gradient(weights, n, target) for n in noisy], axis=0)
+    path = [mlp_gradient(weights, (a * x.astype(np.float64)).astype(np.float32), target)
+            for a in np.arange(samples) / (samples - 1)]
+    weight = np.ones(samples)
+    weight[[0, -1]] = 0.5
+    return np.tensordot(weight / (samples - 1), np.array(path), axes=1)
+
+
+def _photo(size: int) -> np.ndarray:
+    small = transform.resize(data.chelsea()[:, 50:350], (size, size), anti_aliasing=True)
+    return (small * 255).round().astype(np.uint8)
+
+
+@pytest.mark.parametrize("source", SOURCES)
+@pytest.mark.parametrize("average", ["none", "smoothgrad", "integrated"])
+def test_explainer_average_equals_pooled_numpy_average(relu_mlp, monkeypatch, source, average):
+    """swag-<source> --average <average> through the Explainer = SWAG's pooling of the
+    oracle's averaged gradient: the same superpixels and the same map (1e-5); the Explainer
+    fills what needs_for declares: one shared gradient run for "none", else no shared run and
+    ceil(samples / batch_size) gradient runs."""
+    from swag_onnx import Explainer
+    from swag_onnx.runtime import ModelRunner
+
+    path, card, weights = relu_mlp
+    samples, noise, seed, batch = 5, 0.2, 3, 2
+    runs = []
+    real = ModelRunner.gradients
+    monkeypatch.setattr(ModelRunner, "gradients",
+                        lambda self, b, *a: runs.append(len(b)) or real(self, b, *a))
+    image = _photo(MLP_SIZE)
+    result, = Explainer(path, card=card).explain(
+        [image], method="swag", superpixels=source, average=average, average_samples=samples,
+        average_noise=noise, seed=seed, batch_size=batch, n_segments=12)
+    assert runs == ([1] if average == "none" else [2, 2, 1])
+    x = ((image.astype(np.float32) - 127.5) / 127.5).transpose(2, 0, 1)
+    grad = oracle_average(weights, x, result.target["index"], average, samples, noise, seed)
+    hwc = lambda a: a.transpose(1, 2, 0)  # noqa: E731
+    expected = swag(hwc(grad), image / 255.0, model_input=hwc(x), source=source, n_segments=12)
+    np.testing.assert_array_equal(result.labels, expected.labels)
+    np.testing.assert_allclose(result.saliency, expected.saliency, atol=1e-5)
+    assert result.params["average"] == average
+    if average != "none":  # the averaging changed the map: the test can tell them apart
+        plain = swag(hwc(mlp_gradient(weights, x, result.target["index"])), image / 255.0,
+                     model_input=hwc(x), source=source, n_segments=12)
+        assert np.abs(plain.saliency - expected.saliency).max() > 0.05
+
+
+def test_average_none_given_or_not_is_the_same_map(relu_mlp):
+    """The averaging options leave the default map alone (average none ignores them)."""
+    from swag_onnx import Explainer
+
+    path, card, _ = relu_mlp
+    explainer = Explainer(path, card=card)
+    image = _photo(MLP_SIZE)
+    for source in SOURCES:
+        plain, = explainer.explain([image], method=f"swag-{source}")
+        given, = explainer.explain([image], method=f"swag-{source}", average="none",
+                                   average_samples=7, average_noise=0.5, seed=9)
+        np.testing.assert_array_equal(plain.saliency, given.saliency)
+        np.testing.assert_array_equal(plain.labels, given.labels)
+
+
+@pytest.mark.parametrize("option, value", [("average", "mean"), ("average_samples", 1),
+                                           ("average_noise", -0.1), ("average_samples", 2.5),
+                                           ("seed", -1)])
+def test_bad_average_options_refused_before_any_model_run(option, value):
+    from swag_onnx.explain import plan
+
+    with pytest.raises(BadOptionError) as info:
+        plan("swag", {"average": "smoothgrad", option: value})
+    assert option in str(info.value) and "\n" not in str(info.value)

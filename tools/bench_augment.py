@@ -15,6 +15,12 @@ table, followed by the networks that miss the targets aug/fwd <= 3.0, aug/torch 
 file ratio <= 1.05, and the median aug/fwd against its target 2.5. Networks that fail to export
 or augment are reported on one line and skipped.
 
+With ``--profile N`` it also prints, per network, the N op types that take the most time in the
+augmented model according to onnxruntime's profiler (per node the fastest of ``--repeats`` runs,
+which machine load inflates least), split into forward nodes, backward nodes (named ``swag/...``)
+and the layout conversions onnxruntime inserts (ReorderInput/ReorderOutput of its blocked NCHWc
+layout), with the plain model's kernel total for reference.
+
 With ``--deployed`` it instead times the embedded default model as deployed: float32, float16
 (onnxconverter_common, float16 inputs) and int8 (onnxruntime.quantization: static QDQ, static
 QOperator, dynamic; calibrated on scikit-image sample photos), printing for each the plain
@@ -23,12 +29,16 @@ forward, the augmented forward+backward and their ratio on this CPU.
 Run from the repository root:
 
     python tools/bench_augment.py [--nets resnet18,vgg16_bn] [--repeats 20] [--exporter legacy|dynamo]
+    python tools/bench_augment.py --nets efficientnet_b0 --threads 1 --profile 15
     python tools/bench_augment.py --deployed [--repeats 20]
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import json
+import os
 import sys
 import tempfile
 import time
@@ -67,6 +77,9 @@ def parse_args() -> argparse.Namespace:
                         help="cpu: time each run by the CPU time of the calling thread, which "
                              "machine load does not inflate (needs --threads 1: both runtimes "
                              "then compute on the calling thread)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also print the N costliest op types of each augmented model "
+                             "(onnxruntime's profiler; forward, backward, layout)")
     args = parser.parse_args()
     if args.clock == "cpu" and args.threads != 1:
         parser.error("--clock cpu needs --threads 1")
@@ -198,6 +211,52 @@ def bench(name: str, workdir: Path, repeats: int, dynamo: bool, clock) -> dict:
             "file ratio": aug_path.stat().st_size / path.stat().st_size}
 
 
+def node_times(path: Path, feeds: dict, repeats: int) -> list[tuple[str, str, float]]:
+    """(op type, node name, ms) per node of one model: the fastest of `repeats` profiled runs
+    (after the warm-up runs) by onnxruntime's profiler."""
+    options = session_options()
+    options.enable_profiling = True
+    options.profile_file_prefix = str(path.with_suffix(""))
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    for _ in range(WARMUP + repeats):
+        session.run(None, feeds)
+    trace = session.end_profiling()
+    with open(trace) as handle:
+        events = json.load(handle)
+    os.remove(trace)
+    best: dict[tuple[str, str], list[float]] = {}
+    for event in events:  # the warm-up runs come first: skip each node's first WARMUP events
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            key = (event["args"]["op_name"], event["name"][:-len("_kernel_time")])
+            best.setdefault(key, []).append(event["dur"] / 1e3)
+    return [(op, name, min(times[WARMUP:] or times)) for (op, name), times in best.items()]
+
+
+def side(op: str, name: str) -> str:
+    """forward, backward (nodes the augmentation added) or layout (onnxruntime's reorders)."""
+    if op in ("ReorderInput", "ReorderOutput"):
+        return "layout"
+    return "backward" if "swag/" in name else "forward"
+
+
+def print_profile(name: str, workdir: Path, repeats: int, top: int) -> None:
+    """The `top` op types (forward / backward / layout) of the augmented model of `name` (as
+    prepared by bench) by summed kernel time, and the plain model's kernel total."""
+    x = np.random.default_rng(0).standard_normal((1, 3, SIZE, SIZE), dtype=np.float32)
+    seed = np.zeros((1, CLASSES), np.float32)
+    plain = node_times(workdir / f"{name}.onnx", {"image": x}, repeats)
+    augmented = node_times(workdir / f"{name}.aug.onnx", {"image": x, SEED_NAME: seed}, repeats)
+    totals: dict[tuple[str, str], float] = collections.defaultdict(float)
+    counts: collections.Counter = collections.Counter()
+    for op, node, ms in augmented:
+        totals[(side(op, node), op)] += ms
+        counts[(side(op, node), op)] += 1
+    print(f"\n{name}: kernel time plain {sum(t for *_, t in plain):.2f} ms, augmented "
+          f"{sum(totals.values()):.2f} ms ({len(augmented)} nodes after onnxruntime's fusions)")
+    for (where, op), ms in sorted(totals.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"  {where:8s} {op:24s} {ms:8.2f} ms  {counts[(where, op)]:4d} nodes")
+
+
 def print_table(rows: list[dict]) -> None:
     """The markdown table and the line naming the networks that miss each target."""
     print("| network | ORT fwd ms | augmented fwd+bwd ms | torch fwd+bwd ms | aug/fwd | aug/torch "
@@ -236,6 +295,8 @@ def main() -> None:
             try:
                 rows.append(bench(name.strip(), Path(tmp), args.repeats, args.exporter == "dynamo",
                                   CLOCK[args.clock]))
+                if args.profile:
+                    print_profile(name.strip(), Path(tmp), args.repeats, args.profile)
                 print(f"done {name}", file=sys.stderr, flush=True)
             except Exception as exc:  # one failing network must not stop the benchmark
                 print(f"FAILED {name}: {type(exc).__name__}: {str(exc)[:300]}", flush=True)

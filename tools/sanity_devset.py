@@ -85,7 +85,8 @@ def main(argv=None) -> int:
     from swag_onnx.evaluate import evaluate
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=Path, default=Path("devset-images"))
+    parser.add_argument("--images", type=Path, default=None,
+                        help="where the photos are written (default: OUT/photos)")
     parser.add_argument("--out", type=Path, default=Path("devset-sanity"))
     parser.add_argument("--limit", type=int, default=20, help="the first N photos (default 20)")
     parser.add_argument("--method", action="append", help=f"default: {', '.join(METHODS)}")
@@ -93,6 +94,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=16, help="integrated-gradients path steps")
     parser.add_argument("--step", type=int, default=896, help="insertion: pixels per step")
     args = parser.parse_args(argv)
+    args.images = args.images or args.out / "photos"
     paths = write_photos(args.images, args.limit)
     print(f"{len(paths)} photos in {args.images}/", file=sys.stderr)
     methods = args.method or list(METHODS)

@@ -11,7 +11,11 @@ Images: the offline sample photos of tools/eval_devset.py (``photos()``), topped
 list (even: development, odd: held-out); the composites of tools/make_composites.py (made with
 the default model, seed 0; object boxes in boxes.csv) split by draw number (even: development,
 odd: held-out). Photos give the fidelity metrics, composites the localisation ones (pointing,
-energy).
+energy). Harder composites (HARD_SETS: smaller objects kept clear of the view's centre, so the
+``center`` control misses by construction; one set with a distractor object of another class)
+are scored whole, on EfficientNet-Lite0, by the held-out methods; nothing chooses on them. Their
+folders keep boxes.csv and composites.json; missing PNGs are rebuilt by make_composites.py
+(same seed and options: identical files).
 
 Phase 1, development half, EfficientNet-Lite0: every SWAG variant of VARIANTS (one factor at a
 time around the v0 settings of each superpixel source) on insertion, deletion, ROAD and, on
@@ -55,6 +59,14 @@ PIC_MIN = 0.3  # EfficientNet-Lite0 rarely reaches the reference's 0.8 on these 
 LIME_SAMPLES, RISE_MASKS, XRAI_STEPS = 300, 500, 16
 AVERAGE_SAMPLES = 16  # noisy copies (SmoothGrad) or path points (integrated) per image
 COMPOSITES = {"count": 40, "seed": 0}
+# the photos whose objects every composite set uses (the 5 of the original composites: the
+# photo list has grown since, so they are named to keep that set reproducible)
+OBJECT_PHOTOS = ["chelsea", "coffee", "rocket", "motorcycle", "camera"]
+HARD_OPTIONS = ["--scale", "0.45", "0.65", "--avoid-center"]
+HARD_SETS = {  # name -> make_composites.py options (with --seed 0 and OBJECT_PHOTOS)
+    "hard": ["--count", "120", *HARD_OPTIONS],
+    "distract": ["--count", "160", *HARD_OPTIONS, "--distractors", "1", "--keep", "top5"],
+}
 LITE2 = "efficientnet_lite2"
 
 # the settings before this study (swag_onnx.methods.swag.DEFAULTS as tuned by tools/tune_swag.py),
@@ -106,21 +118,21 @@ def variant_options(source: str, factor: str | None) -> dict:
 
 
 def register_variant(name: str, source: str, options: dict) -> None:
-    """A study-only registry entry: SWAG of `source` with fixed `options` (averaged variants
-    declare grad_fn, the others read the shared gradient run)."""
+    """A study-only registry entry: the shipped ``swag-<source>`` entry with fixed `options`
+    (its needs for them: averaged variants read grad_fn, the others the shared gradient run)."""
     from swag_onnx.methods.registry import METHODS, method
-    from swag_onnx.methods.swag import run_swag
 
     if name in METHODS:
         return
-    averaged = options.get("average", "none") != "none"
+    shipped = METHODS[f"swag-{source}"]
+    fixed = shipped.check(options)
 
     def run(inputs):  # no annotations: the registry reads keyword-only ones only
-        return run_swag(inputs, source, **options)
+        return shipped.run(inputs, **fixed)
 
     run.__name__ = "_" + name.replace("-", "_").replace("@", "_")
-    method(name, needs={"grad_fn", "image"} if averaged else {"input_grad", "image"},
-           summary=f"SWAG ({source}) with {options}", reference="tools/swag_study.py")(run)
+    method(name, needs=shipped.needs_for(fixed), summary=f"SWAG ({source}) with {options}",
+           reference="tools/swag_study.py")(run)
 
 
 def register_all(chosen: dict | None = None) -> None:
@@ -170,12 +182,28 @@ def composite_halves(work: Path) -> tuple[list[Path], list[Path], Path]:
     folder = work / "composites"
     if not (folder / "boxes.csv").exists():
         subprocess.run([sys.executable, str(TOOLS / "make_composites.py"), "--out", str(folder),
-                        "--count", str(COMPOSITES["count"]), "--seed", str(COMPOSITES["seed"])],
-                       check=True)
+                        "--count", str(COMPOSITES["count"]), "--seed", str(COMPOSITES["seed"]),
+                        *[a for n in OBJECT_PHOTOS for a in ("--photo", n)]], check=True)
     files = sorted(folder.glob("composite_*.png"))
     draw = lambda p: int(p.stem.split("_")[1])  # noqa: E731
     return ([p for p in files if draw(p) % 2 == 0], [p for p in files if draw(p) % 2 == 1],
             folder / "boxes.csv")
+
+
+def hard_composites(work: Path, name: str) -> tuple[list[Path], Path]:
+    """The kept composites of HARD_SETS[name] (all of them) and their boxes.csv, built by
+    make_composites.py into WORK/composites_<name> when an image listed there is missing."""
+    from swag_onnx.metrics.pointing import load_annotations
+
+    folder = work / f"composites_{name}"
+    boxes = folder / "boxes.csv"
+    listed = sorted(load_annotations(boxes)) if boxes.exists() else []
+    if not TABLES_ONLY and (not listed or not all((folder / n).exists() for n in listed)):
+        photos = [a for n in OBJECT_PHOTOS for a in ("--photo", n)]
+        subprocess.run([sys.executable, str(TOOLS / "make_composites.py"), "--out", str(folder),
+                        "--seed", "0", *photos, *HARD_SETS[name]], check=True)
+        listed = sorted(load_annotations(boxes))
+    return [folder / n for n in listed], boxes
 
 
 # ---------------------------------------------------------------------------- runs
@@ -235,6 +263,19 @@ def test_phase(work: Path, tag: str, model, photos, composites, boxes, swag_meth
                           [m for m in TEST_METRICS if m != "class-sensitivity"], model,
                           controls=False, **slow_options, **PROTOCOL)
     return rows
+
+
+def hard_phase(work: Path, tag: str, model, name: str, swag_methods) -> list[dict]:
+    """Pointing and energy on one harder composite set: the held-out methods, the controls, then
+    LIME, XRAI and RISE."""
+    composites, boxes = hard_composites(work, name)
+    runs = work / "runs"
+    slow_options = dict(samples=LIME_SAMPLES, masks=RISE_MASKS, steps=XRAI_STEPS)
+    rows = run_group(runs / f"{tag}-{name}-composites", composites, swag_methods + OTHERS,
+                     LOCAL_METRICS, model, controls=True, annotations=boxes)
+    return rows + run_group(runs / f"{tag}-{name}-composites-slow", composites, SLOW,
+                            LOCAL_METRICS, model, controls=False, annotations=boxes,
+                            **slow_options)
 
 
 # ---------------------------------------------------------------------------- statistics
@@ -325,6 +366,8 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-lite2", action="store_true")
     parser.add_argument("--mprt", action="store_true",
                         help="score MPRT too (EfficientNet-Lite0 held-out photos)")
+    parser.add_argument("--skip-hard", action="store_true",
+                        help="leave out the harder composite sets (HARD_SETS)")
     parser.add_argument("--tables-only", action="store_true",
                         help="no model runs: tables from the stored rows")
     args = parser.parse_args(argv)
@@ -337,7 +380,7 @@ def main(argv=None) -> int:
         dev_photos, test_photos = dev_photos[:args.limit], test_photos[:args.limit]
         dev_comp, test_comp = dev_comp[:args.limit], test_comp[:args.limit]
     lite2 = (args.lite2 or work / LITE2).expanduser()
-    if not args.skip_lite2 and not (lite2 / "model.onnx").exists():
+    if not (args.skip_lite2 or args.tables_only) and not (lite2 / "model.onnx").exists():
         subprocess.run([sys.executable, str(TOOLS / "export_torch.py"), "--model", LITE2,
                         "--out", str(lite2)], check=True)
 
@@ -360,8 +403,15 @@ def main(argv=None) -> int:
     test2 = [] if args.skip_lite2 else test_phase(
         work, "lite2", str(lite2), test_photos[:args.lite2_limit],
         test_comp[:args.lite2_limit], boxes, swag_test)
+    models = [("lite0", None)] + ([] if args.skip_lite2 else [("lite2", str(lite2))])
+    hard = {} if args.skip_hard else {
+        (tag, name): hard_phase(work, tag, model, name, swag_test)
+        for tag, model in models for name in HARD_SETS}
     write_results(args, work, time.perf_counter() - start, dev_photos, test_photos, dev_comp,
                   test_comp, dev_rows, chosen, choice_lines, swag_test, test0, test2, extra)
+    if hard:
+        with open(args.results, "a") as f:
+            f.write("\n".join(hard_lines(work, hard, swag_test)) + "\n")
     return 0
 
 
@@ -379,7 +429,9 @@ def write_results(args, work, seconds, dev_photos, test_photos, dev_comp, test_c
     lines = [
         "# SWAG study (generated by tools/swag_study.py)", "",
         f"Command: `python tools/swag_study.py{' --limit %d' % args.limit if args.limit else ''}`"
-        f"; this invocation {seconds / 60:.1f} min; model time stored per folder: "
+        + ("; tables regenerated from the stored rows (`--tables-only`)" if args.tables_only
+           else f"; this invocation {seconds / 60:.1f} min")
+        + "; model time stored per folder: "
         + ", ".join(f"{k} {v / 60:.1f} min" for k, v in run_seconds.items())
         + f" (total {sum(run_seconds.values()) / 60:.1f} min, 2 shared CPU cores).", "",
         f"Development photos ({len(dev_photos)}): {names(dev_photos)}.",
@@ -414,6 +466,73 @@ def write_results(args, work, seconds, dev_photos, test_photos, dev_comp, test_c
                   *table(test2, methods, ["pointing", "energy"], "Held-out composites")]
     args.results.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.results}", flush=True)
+
+
+def hard_lines(work: Path, hard: dict, swag_test) -> list[str]:
+    """The results section of the harder composite sets: how each was made, its class rate,
+    and pointing / energy per method."""
+    methods = swag_test + OTHERS + SLOW + ["random", "center"]
+    lines = ["## Harder composites (every kept composite)", "",
+             "Made by `tools/make_composites.py --seed 0 "
+             + " ".join(f"--photo {n}" for n in OBJECT_PHOTOS) + " OPTIONS` (the objects of the "
+             "composites above). `--scale 0.45 0.65`: the object's longer side is 45-65 % of the "
+             "model view's side (the composites above: its size in the photo, 63-100 %); "
+             "`--avoid-center`: no box pixel within the pointing tolerance (15 px) + 1 of the "
+             "view's centre, so the `center` control cannot score; `--distractors 1`: another "
+             "object of another class pasted at least 15 px clear of the target box. Pointing "
+             "and energy explain the class of boxes.csv (the target), not the top-1. The "
+             "composites were kept by EfficientNet-Lite0's prediction; EfficientNet-Lite2 "
+             "explains the same target on the same composites (its own top-1 may differ). The "
+             "composites above, for comparison: "
+             + _box_share(json.loads((work / "composites" / "composites.json").read_text())), ""]
+    names = {"lite0": "EfficientNet-Lite0", "lite2": "EfficientNet-Lite2"}
+    for name in HARD_SETS:
+        summary = json.loads((work / f"composites_{name}" / "composites.json").read_text())
+        lines += [f"### `{name}`: `{' '.join(HARD_SETS[name])}`", "",
+                  f"Draws with a composite: {summary['made']}; target class top-1 "
+                  f"(EfficientNet-Lite0): {summary['top1']} ({summary['class_rate']:.1%}), in "
+                  f"the top-5: {summary['top5']} ({summary['top5_rate']:.1%}); kept "
+                  f"({summary['keep']}): {summary['kept']}. " + _box_share(summary).capitalize(),
+                  ""]
+        for (tag, set_name), rows in hard.items():
+            if set_name == name and rows:
+                missing = [m for m in methods if not any(r["method"] == m for r in rows)]
+                lines += [*table(rows, methods, ["pointing", "energy"],
+                                 f"Composites `{name}`, {names[tag]}"),
+                          *([f"Not run here (cost): {', '.join(missing)}.", ""] if missing
+                            else []),
+                          *paired_lines(rows, methods)]
+    return lines
+
+
+def _box_share(summary: dict) -> str:
+    """The kept boxes' mean share of the canvas (a uniform map's energy) and of the view."""
+    x0, y0, x1, y1 = summary["visible_region"]
+    areas = [(d["box"][2] - d["box"][0]) * (d["box"][3] - d["box"][1])
+             for d in summary["draws"] if d.get("kept")]
+    if not areas:
+        return ""
+    return (f"boxes cover {np.mean(areas) / summary['size'] ** 2:.1%} of the canvas on average "
+            f"({np.mean(areas) / ((x1 - x0) * (y1 - y0)):.1%} of the model's view).")
+
+
+def paired_lines(rows, methods) -> list[str]:
+    """Energy of each method minus that of each of PAIRED_WITH, paired per composite."""
+    out = ["Energy minus another method's, paired per composite (mean ± s.e. (n)):", "",
+           "| method | " + " | ".join(f"− {c}" for c in PAIRED_WITH) + " |",
+           "|---|" + "---:|" * len(PAIRED_WITH)]
+    others = {c: values(rows, c, "energy") for c in PAIRED_WITH}
+    for method in methods:
+        mine = values(rows, method, "energy")
+        if mine and method not in ("random", "center"):
+            cells = [paired(mine, others[c]) if c != method else (math.nan, math.nan, 0)
+                     for c in PAIRED_WITH]
+            out.append(f"| {method} | " + " | ".join(
+                "" if n == 0 else f"{m:+.3f} ± {se:.3f} ({n})" for m, se, n in cells) + " |")
+    return out + [""]
+
+
+PAIRED_WITH = ("random", "center", "gradcam")
 
 
 if __name__ == "__main__":

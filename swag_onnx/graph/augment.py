@@ -30,6 +30,7 @@ from swag_onnx.graph import analysis
 from swag_onnx.graph.emitter import Emitter
 from swag_onnx.graph.model_io import load_model, save_model_atomic
 from swag_onnx.graph.rules import NON_DIFFERENTIABLE, RULES, supported_ops
+from swag_onnx.graph.rules.activations import affine, blocked
 from swag_onnx.graph.rules.quantization import as_qdq
 
 SEED = "swag.seed"
@@ -198,9 +199,16 @@ def _swish_nodes(nodes, keep: set[str]) -> dict:
 
 def swish_grad(g: Emitter, dy: str, s: str, y: str) -> str:
     """dx of y = x * s, s = sigmoid(x): dy * (s + y (1 - s)) in four element-wise passes (the
-    separate Mul and Sigmoid rules take six and a Sum)."""
-    slope = g.op("Add", s, g.op("Mul", y, g.op("Sub", g.scalar_like(1.0, y), s)))
-    return g.op("Mul", dy, slope)
+    separate Mul and Sigmoid rules take six and a Sum). For a float32 map [N, C, H, W] with C a
+    multiple of onnxruntime's channel block, 1 - s is a per-channel affine map (a
+    BatchNormalization, one rounding like Sub), so that every pass stays in the blocked NCHWc
+    layout the forward Sigmoid and Mul run in: a Sub with a scalar would reorder s, y, dy and
+    dx (four layout conversions per swish)."""
+    if blocked(g, y):
+        one_minus = affine(g, s, g.shape(y)[1], -1.0, 1.0)
+    else:
+        one_minus = g.op("Sub", g.scalar_like(1.0, y), s)
+    return g.op("Mul", dy, g.op("Add", s, g.op("Mul", y, one_minus)))
 
 
 def _effective_seed(g: Emitter, score: str, image: str, num_classes: int) -> str:

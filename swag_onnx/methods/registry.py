@@ -6,11 +6,17 @@ An entry is made by decorating the method's adapter, in the method's own module:
     def _integrated_gradients(inputs: Inputs, *, steps: Annotated[int, Int(2), "path steps"] = 64
                               ) -> Output: ...
 
-- ``needs``: what the method reads from the model, a subset of NEEDS; the Explainer runs the
-  shared gradient run once per batch and fills only the fields of ``Inputs`` that were declared.
+- ``needs``: what the method reads from the model with its default parameters, a subset of
+  NEEDS; the Explainer runs the shared gradient run once per batch and fills only the fields of
+  ``Inputs`` that were declared.
+- ``needs_for`` (optional): params -> needs, for a method whose parameters change what it reads
+  (SWAG's ``average`` trades the shared run's gradient for extra gradient runs); given every
+  parameter's checked value, it returns the needs of that call (``Method.needs_for``), and must
+  return ``needs`` for the defaults. The Explainer and ``check_meta`` ask it, nothing else does.
 - parameters: the adapter's keyword-only arguments (swag_onnx.registry.params_of), with their
   defaults, checks and help; the API checks user values with them before the first model run.
-- flags: ``meta`` (meta-saliency applies: the map is made from the shared gradient run),
+- flags: ``meta`` (meta-saliency applies: the map is made from the shared gradient run, as long
+  as the parameters keep the needs within it),
   ``progress`` (reports progress through ``Inputs.progress``), ``regions`` (what the labels of
   ``Output.regions`` mean, None when there are none), ``control`` (a control map, not an
   explanation).
@@ -40,6 +46,8 @@ NEEDS = {
     "preprocess": "the model's preprocessing of an RGB image",
 }
 SHARED_RUN = frozenset({"input_grad", "layers"})
+# what a meta-saliency map may read: the stepped shared run and the image (no other model run)
+META_NEEDS = SHARED_RUN | {"image"}
 
 
 @dataclass
@@ -96,10 +104,23 @@ class Method:
     progress: bool = False
     regions: str | None = None
     control: bool = False
+    needs_fn: Callable[[dict[str, Any]], Any] | None = None  # see the module docstring
 
     def check(self, given: dict[str, Any]) -> dict[str, Any]:
         """Every parameter's value (given ones checked, the rest defaults)."""
         return check_params(self.params, given, self.name)
+
+    def needs_for(self, params: dict[str, Any] | None = None) -> frozenset[str]:
+        """What the method reads when run with `params` (checked values; missing ones take
+        their defaults): ``needs`` unless the entry declared ``needs_for``."""
+        if self.needs_fn is None:
+            return self.needs
+        values = {name: p.default for name, p in self.params.items()}
+        values.update({k: v for k, v in (params or {}).items() if k in self.params})
+        needs = frozenset(self.needs_fn(values))
+        if not needs <= set(NEEDS):
+            raise TypeError(f"method {self.name}: unknown needs {sorted(needs - set(NEEDS))}")
+        return needs
 
     def needs_text(self) -> str:
         return "; ".join(NEEDS[n] for n in sorted(self.needs))
@@ -110,19 +131,25 @@ ALIASES: dict[str, Callable[[dict], str]] = {}  # name -> (options -> registered
 
 
 def method(name: str, *, needs, summary: str, reference: str, meta: bool = False,
-           progress: bool = False, regions: str | None = None, control: bool = False):
-    """Register the decorated adapter ``run(inputs, **params) -> Output`` as method `name`."""
+           progress: bool = False, regions: str | None = None, control: bool = False,
+           needs_for: Callable[[dict[str, Any]], Any] | None = None):
+    """Register the decorated adapter ``run(inputs, **params) -> Output`` as method `name`
+    (needs_for: params -> needs, see the module docstring)."""
     unknown = set(needs) - set(NEEDS)
     if unknown:
         raise TypeError(f"method {name}: unknown needs {sorted(unknown)}")
-    if meta and not set(needs) <= SHARED_RUN | {"image"}:
+    if meta and not set(needs) <= META_NEEDS:
         raise TypeError(f"method {name}: meta-saliency applies to maps of the shared run only")
 
     def register(run: Callable[..., Output]) -> Callable[..., Output]:
         if name in METHODS:
             raise TypeError(f"method {name} registered twice")
-        METHODS[name] = Method(name, run, frozenset(needs), summary, reference, params_of(run),
-                               meta, progress, regions, control)
+        entry = Method(name, run, frozenset(needs), summary, reference, params_of(run),
+                       meta, progress, regions, control, needs_for)
+        if entry.needs_for() != entry.needs:
+            raise TypeError(f"method {name}: needs_for(defaults) {sorted(entry.needs_for())} "
+                            f"differs from needs {sorted(entry.needs)}")
+        METHODS[name] = entry
         return run
 
     return register
@@ -160,8 +187,12 @@ def split_params(methods: list[Method], params: dict[str, Any],
             for m in methods}
 
 
-def check_meta(methods: list[Method], lr: Any) -> float:
-    """Meta-saliency applies to every method in `methods`; returns the checked rate."""
+def check_meta(methods: list[Method], lr: Any,
+               params: dict[str, dict[str, Any]] | None = None) -> float:
+    """Meta-saliency applies to every method in `methods` run with `params` ({method name: its
+    parameters}, as split_params returns them; missing: defaults); returns the checked rate.
+    Raises BadOptionError (one line, naming the option) when a method is not made from the
+    shared run, or when its parameters take it beyond it (e.g. SWAG's --average)."""
     from swag_onnx.validation import Number
 
     wrong = [m.name for m in methods if not m.meta and not m.control]  # controls: no model
@@ -169,7 +200,30 @@ def check_meta(methods: list[Method], lr: Any) -> float:
         able = ", ".join(m.name for m in METHODS.values() if m.meta)
         raise BadOptionError(f"--meta applies to methods made from one gradient run ({able}), "
                              f"not to {', '.join(wrong)}")
+    for m in methods:
+        given = (params or {}).get(m.name, {})
+        extra = m.needs_for(given) - META_NEEDS
+        if extra:
+            causes = _options_causing(m, given)
+            raise BadOptionError(
+                f"--meta cannot be combined with {_spell(m, causes, given)} ({m.name}): it "
+                f"reads {'; '.join(NEEDS[n] for n in sorted(extra))}, not the one stepped "
+                f"gradient run; leave out --meta or use "
+                f"{_spell(m, causes, {k: m.params[k].default for k in causes})}")
     return Number(nonzero=True)("--meta-lr", lr)
+
+
+def _options_causing(m: Method, given: dict[str, Any]) -> list[str]:
+    """The given non-default parameters whose default alone brings `m`'s needs back within
+    META_NEEDS (all non-default ones when no single one does)."""
+    changed = [k for k, v in given.items() if k in m.params and v != m.params[k].default]
+    alone = [k for k in changed if m.needs_for({**given, k: m.params[k].default}) <= META_NEEDS]
+    return alone or changed
+
+
+def _spell(m: Method, names: list[str], values: dict[str, Any]) -> str:
+    """'--name value ...' as typed on the command line."""
+    return " ".join(f"{m.params[k].option} {values[k]}" for k in names)
 
 
 def input_size(inputs: Inputs) -> tuple[int, int]:

@@ -31,9 +31,12 @@ Averaged gradients (the other reading of the paper's "average gradients"): ``ave
 replaces the single gradient by its mean over noisy copies of the input (SmoothGrad) or along the
 straight path from a zero input (integrated gradients' path mean; times the input this IS the
 integrated-gradients attribution) before the pixel map is pooled into superpixels. The registered
-entries use the gradient of the shared run (one model run; meta-saliency applies); the averaged
-variants need extra gradient runs (``grad_fn``, see swag_onnx.methods.gradients), which the
-registry gives only to entries that declare them (tools/swag_study.py registers such variants).
+entries take it as the option ``average`` (default "none": the gradient of the shared run, one
+model run, meta-saliency applies); "smoothgrad" and "integrated" make ``average_samples`` extra
+gradient runs instead (``grad_fn``, see swag_onnx.methods.gradients): the entries declare it
+through the registry's ``needs_for`` (``swag_needs``), so the Explainer gives them a gradient
+function and ``--meta`` refuses them. In tools/swag_study.py's development half, SmoothGrad
+averaging was SWAG's best variant (README, "SWAG on the trusted instrument").
 
 The defaults in ``DEFAULTS`` come with their reasons; the image source's pixel map was chosen
 on the development half of tools/swag_study.py, the rest are sensible starting points that the
@@ -50,7 +53,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.segmentation import slic
 
-from swag_onnx.methods.gradients import GradFn, ig_quadrature, smoothgrad
+from swag_onnx.methods.gradients import BATCH_HELP, GradFn, ig_quadrature, smoothgrad
 from swag_onnx.methods.registry import Inputs, Output, alias, method
 from swag_onnx.validation import BATCH, SEED, Choice, Int, Number, Optional, require
 
@@ -471,6 +474,13 @@ def run_swag(inputs: Inputs, source: str, *, average: str = "none", average_samp
     return Output(result.saliency, result.labels, info)
 
 
+def swag_needs(params: dict[str, Any]) -> frozenset[str]:
+    """What a SWAG entry reads with `params`: the shared run's gradient, or, averaged, a
+    gradient function (extra runs); the image always (SLIC, pixel maps)."""
+    gradient = "input_grad" if params["average"] == "none" else "grad_fn"
+    return frozenset({gradient, "image"})
+
+
 PER_SOURCE = "per source, see swag_onnx.methods.swag.DEFAULTS"
 SWAG_SUMMARY = {
     "image": "SWAG: mean pixel map over SLIC superpixels of the photo (Lab)",
@@ -501,16 +511,29 @@ def _register(source: str) -> None:
             top_k: Annotated[Any, Optional(CHECKS["top_k"]), "keep only the k best regions"]
             = None,
             scales: Annotated[int, CHECKS["scales"], "SWAG multi-scale: average the region maps "
-                              "of this many segmentations, n_segments x 1, 2, 4, ..."] = 1
+                              "of this many segmentations, n_segments x 1, 2, 4, ..."] = 1,
+            average: Annotated[str, CHECKS["average"], "SWAG: average the gradient before "
+                               "pooling: none (the one gradient run), smoothgrad (noisy copies) "
+                               "or integrated (path from a zero input); the last two make "
+                               "--average-samples gradient runs and exclude --meta"] = "none",
+            average_samples: Annotated[int, CHECKS["average_samples"], "SWAG --average: noisy "
+                                       "copies or path points"] = 16,
+            average_noise: Annotated[float, CHECKS["average_noise"], "SWAG --average "
+                                     "smoothgrad: noise std, fraction of the input range"]
+            = 0.15,
+            seed: Annotated[int, SEED, "random seed"] = 0,
+            batch_size: Annotated[int, BATCH, BATCH_HELP] = 16,
             ) -> Output:
         return run_swag(inputs, source, attribution=attribution, sign=sign, reduce=reduce,
                         smooth_sigma=smooth_sigma, n_segments=n_segments,
                         compactness=compactness, sigma=sigma, gradient_weight=gradient_weight,
-                        clip_quantile=clip_quantile, top_k=top_k, scales=scales)
+                        clip_quantile=clip_quantile, top_k=top_k, scales=scales,
+                        average=average, average_samples=average_samples,
+                        average_noise=average_noise, seed=seed, batch_size=batch_size)
 
     run.__name__ = f"_swag_{source}"
-    method(f"swag-{source}", needs={"input_grad", "image"}, meta=True, regions="SLIC superpixels",
-           summary=SWAG_SUMMARY[source],
+    method(f"swag-{source}", needs={"input_grad", "image"}, needs_for=swag_needs, meta=True,
+           regions="SLIC superpixels", summary=SWAG_SUMMARY[source],
            reference="Hartley et al., WACV 2021 (this project's reading: README, SWAG)")(run)
 
 

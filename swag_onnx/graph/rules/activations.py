@@ -13,7 +13,7 @@ from swag_onnx.graph.rules import rule
 @rule("Relu")
 def relu(g, n, dys, needs):
     y = n.outputs[0]
-    if _blocked(g, y):
+    if blocked(g, y):
         return [g.op("Mul", dys[0], _inside_mask(g, y, 0.0, None))]
     return [g.op("Mul", dys[0], g.mask(g.op("Greater", y, g.scalar_like(0.0, y)), y))]
 
@@ -29,14 +29,14 @@ _TINY = float(np.finfo(np.float32).tiny)  # the smallest normal float32
 _MAX_SCALE = 2.0 ** 100  # larger scales could overflow S * w in _inside_mask
 
 
-def _blocked(g, y) -> bool:
+def blocked(g, y) -> bool:
     """Whether y [N, C, H, W] is a float32 map that onnxruntime can keep blocked."""
     shape = g.shape(y)
     return (g.dtype(y) == onnx.TensorProto.FLOAT and shape is not None and len(shape) == 4
             and shape[1] is not None and shape[1] % NCHWC_BLOCK == 0)
 
 
-def _affine(g, x, channels: int, scale: float, bias: float) -> str:
+def affine(g, x, channels: int, scale: float, bias: float) -> str:
     """scale * x + bias for x [N, channels, H, W], as a BatchNormalization (mean 0, variance 1,
     epsilon 0: one rounding of the exact value) that onnxruntime runs blocked."""
 
@@ -68,14 +68,14 @@ def _inside_mask(g, y, lo: float | None, hi: float | None) -> str:
     if hi is None or lo is None:  # one-sided: u = [y == bound], mask 1 - u
         bound, above = (lo, True) if hi is None else (hi, False)
         step = _inverse_spacing(bound, above) * (1.0 if above else -1.0)  # 1 - B |y - b|
-        hit = g.op("Relu", _affine(g, y, channels, -step, 1.0 + step * bound))
-        return _affine(g, hit, channels, -1.0, 1.0)
+        hit = g.op("Relu", affine(g, y, channels, -step, 1.0 + step * bound))
+        return affine(g, hit, channels, -1.0, 1.0)
     b1, b2 = _inverse_spacing(lo, True), _inverse_spacing(hi, False)
     scale = 2.0 ** np.ceil(np.log2(2.0 * b2 * (hi - lo)))
-    at_lo = g.op("Relu", _affine(g, y, channels, -b1, 1.0 + b1 * lo))
-    at_hi = _affine(g, y, channels, b2 / scale, (1.0 - b2 * hi) / scale)
+    at_lo = g.op("Relu", affine(g, y, channels, -b1, 1.0 + b1 * lo))
+    at_hi = affine(g, y, channels, b2 / scale, (1.0 - b2 * hi) / scale)
     either = g.op("Relu", g.op("Add", at_hi, at_lo))
-    return g.op("Relu", _affine(g, either, channels, -scale, 1.0))
+    return g.op("Relu", affine(g, either, channels, -scale, 1.0))
 
 
 def _blocked_mask_exact(lo, hi) -> bool:
@@ -112,7 +112,7 @@ def clip(g, n, dys, needs):
     lo, hi = (g.value(n.input(i)) if n.input(i) else n.attrs.get(attr)
               for i, attr in ((1, "min"), (2, "max")))
     lo, hi = (None if b is None else float(np.float32(b)) for b in (lo, hi))
-    if _blocked(g, x) and _blocked_mask_exact(lo, hi):
+    if blocked(g, x) and _blocked_mask_exact(lo, hi):
         return [g.op("Mul", dys[0], _inside_mask(g, x, lo, hi))] + [None] * (len(n.inputs) - 1)
     inside = None
     for i, (attr, cmp) in enumerate((("min", "Greater"), ("max", "Less")), start=1):
@@ -132,27 +132,46 @@ def sigmoid(g, n, dys, needs):
     return [g.op("Mul", dys[0], g.op("Mul", y, one_minus))]
 
 
-def _hard_sigmoid_slope(g, x, alpha, beta):
-    """alpha where 0 < alpha * x + beta < 1, else 0."""
-    z = g.op("Add", g.op("Mul", x, g.scalar_like(alpha, x)), g.scalar_like(beta, x))
-    inside = g.op("And", g.op("Greater", z, g.scalar_like(0.0, x)),
-                  g.op("Less", z, g.scalar_like(1.0, x)))
-    return g.op("Mul", g.mask(inside, x), g.scalar_like(alpha, x)), z
+def _strictly_inside_unit(g, h):
+    """Boolean 0 < h < 1 for h = HardSigmoid(...) (clipped to [0, 1])."""
+    return g.op("And", g.op("Greater", h, g.scalar_like(0.0, h)),
+                g.op("Less", h, g.scalar_like(1.0, h)))
 
 
 @rule("HardSigmoid")
 def hard_sigmoid(g, n, dys, needs):
-    slope, _ = _hard_sigmoid_slope(g, n.inputs[0], n.attrs["alpha"], n.attrs["beta"])
+    # y = clip(alpha x + beta, 0, 1): dy/dx = alpha strictly inside (0, 1), else 0. Reading y
+    # (not alpha x + beta recomputed) costs four passes instead of seven.
+    y = n.outputs[0]
+    slope = g.op("Where", _strictly_inside_unit(g, y), g.scalar_like(n.attrs["alpha"], y),
+                 g.scalar_like(0.0, y))
     return [g.op("Mul", dys[0], slope)]
 
 
 @rule("HardSwish")
 def hard_swish(g, n, dys, needs):
-    # y = x * hs(x), hs = clip(x/6 + 1/2, 0, 1); dy/dx = hs(x) + x * hs'(x)
+    # y = x h, h = HardSigmoid(x) = clip(x/6 + 1/2, 0, 1): dy/dx = h + x h' = x/3 + 1/2 = 2h - 1/2
+    # strictly inside (0, 1), else h (0 below -3, 1 above 3).
     x = n.inputs[0]
-    slope, z = _hard_sigmoid_slope(g, x, 1.0 / 6.0, 0.5)
-    hs = g.op("Clip", z, g.scalar_like(0.0, x), g.scalar_like(1.0, x))
-    return [g.op("Mul", dys[0], g.op("Add", hs, g.op("Mul", x, slope)))]
+    h = g.op("HardSigmoid", x, alpha=1.0 / 6.0, beta=0.5)
+    if blocked(g, x):
+        return [g.op("Mul", dys[0], _blocked_hard_swish_slope(g, h, g.shape(x)[1]))]
+    inner = g.op("Sub", g.op("Mul", h, g.scalar_like(2.0, x)), g.scalar_like(0.5, x))
+    slope = g.op("Where", _strictly_inside_unit(g, h), inner, h)
+    return [g.op("Mul", dys[0], slope)]
+
+
+def _blocked_hard_swish_slope(g, h, channels: int) -> str:
+    """2h - 1/2 where 0 < h < 1, h at h = 0 and h = 1, for h = HardSigmoid(x) [N, C, H, W], from
+    ops onnxruntime keeps in its blocked layout (see _inside_mask): (2h - 1/2) + [h = 0] / 2 -
+    [h = 1] / 2 with [h = 0] / 2 = Relu(1/2 - 2^125 h) and [h = 1] = Relu(2^24 h + 1 - 2^24),
+    exact for every float32 h in [0, 1] (2^24 h is h's integer grid below 1); as there,
+    subnormal h count as 0."""
+    half_at_lo = g.op("Relu", affine(g, h, channels, -0.5 * _inverse_spacing(0.0, True), 0.5))
+    base = g.op("Add", affine(g, h, channels, 2.0, -0.5), half_at_lo)
+    step = _inverse_spacing(1.0, False)
+    at_hi = g.op("Relu", affine(g, h, channels, step, 1.0 - step))
+    return g.op("Add", affine(g, at_hi, channels, -0.5, 0.0), base)
 
 
 @rule("Tanh")

@@ -1,10 +1,13 @@
 """Gradient rules of pooling and reductions: MaxPool, AveragePool, Global*Pool, ReduceMean/Sum.
 
-MaxPool: a copy of the pool returns each window's argmax (first maximum on ties, as torch); from
-opset 16 dY is scatter-added there (ScatterElements, reduction "add": overlapping windows add
-up); below opset 16, the argmax offset inside its window picks one of K kernel taps and a
-ConvTranspose with one-hot kernels [K, 1, k...] adds every window's gradient back at its input
-position. AveragePool divides
+MaxPool (float32, float64): the pool is taken apart into one-axis pools, last spatial axis
+first, and dY is routed back through them, each window's share to its first maximum (torch's
+rule, ties included) by element-wise masks, shifts and one interleave per strided axis; no
+argmax. Float16 (and FORMULATION = "argmax") takes each window's argmax from a copy of the pool
+with its Indices output (a slow onnxruntime kernel): from opset 16 dY is scatter-added there
+(ScatterElements, reduction "add"); below, the argmax offset inside its window picks one of K
+kernel taps and a ConvTranspose with one-hot kernels [K, 1, k...] adds every window's gradient
+back at its input position. AveragePool divides
 dY by each window's element count and spreads it with an all-ones ConvTranspose.
 """
 
@@ -67,10 +70,16 @@ def _spread_windows(g, n, per_offset, kernel_weights, geometry):
 
 
 SCATTER_MIN_OPSET = 16  # ScatterElements(reduction="add") exists from opset 16
+FORMULATION = "separable"  # "argmax": the Indices route for every dtype (tools/bench_rules.py)
 
 
 @rule("MaxPool", check=_pool_check)
 def max_pool(g, n, dys, needs):
+    # Float16 keeps the argmax route it had: the one-axis route was timed in float32 only
+    # (onnxruntime's CPU runs several of its float16 ops through inserted Casts).
+    if (FORMULATION == "separable" and g.dtype(n.inputs[0]) != onnx.TensorProto.FLOAT16
+            and not _ceil_window_outside(g, n)):
+        return [_max_pool_separable(g, n, dys[0])]
     # A copy of the pool returns the argmax of each window (flat index, first maximum on ties as
     # in torch). From opset 16 dY is scatter-added there (overlapping windows add up); below,
     # the argmax offset inside each window selects one of K one-hot ConvTranspose kernels.
@@ -83,6 +92,145 @@ def max_pool(g, n, dys, needs):
                       g.op("Reshape", dys[0], flat), axis=0, reduction="add")
         return [g.reshape_like(spread, n.inputs[0])]
     return [_max_pool_taps(g, n, dys[0], indices)]
+
+
+def _ceil_window_outside(g, n):
+    """True when ceil mode adds a window starting past the input end: onnxruntime drops it at
+    run time (as torch) but its load-time shape inference keeps it, so the separable route's
+    shapes would not agree; the argmax route never reads the pooled shape."""
+    if not n.attrs.get("ceil_mode", 0):
+        return False
+    x_sizes, kernel, strides, dilations, pads, _, _ = _pool_geometry(g, n)
+    rank = len(kernel)
+    for size, k, s, d, p0, p1 in zip(x_sizes, kernel, strides, dilations, pads[:rank], pads[rank:]):
+        ceil_windows = -(-(size + p0 + p1 - shapes.effective_kernel(k, d)) // s) + 1
+        if shapes.output_size(size, k, s, d, p0, p1, True) != ceil_windows:
+            return True
+    return False
+
+
+def _max_pool_separable(g, n, dy):
+    """dX [N, C, x...] of a MaxPool as a chain of one-axis pools, last spatial axis first.
+
+    The first maximum of a window in row-major order lies in the window's first row (hyper-
+    plane) that holds the maximum, at that row's first maximum: so routing dY back through
+    the one-axis pools Z_a = MaxPool_a(Z_{a+1}) (Z_rank = X, Z_0 = Y), each to its own first
+    maximum, is exactly torch's rule, ties included. The intermediate pools run forward here;
+    each axis costs O(k) element-wise ops (`_route_axis`) instead of an argmax pool."""
+    x_sizes, kernel, strides, dilations, pads, y_sizes, _ = _pool_geometry(g, n)
+    rank = len(kernel)
+    active = [a for a in range(rank) if (kernel[a], strides[a], pads[a], pads[rank + a],
+                                         y_sizes[a]) != (1, 1, 0, 0, x_sizes[a])]
+    zs = [n.inputs[0]]
+    for a in reversed(active[1:]):  # forward: pool the inner axes one at a time
+        zs.append(g.op("MaxPool", zs[-1], kernel_shape=_on_axis(kernel[a], a, rank),
+                       strides=_on_axis(strides[a], a, rank),
+                       dilations=_on_axis(dilations[a], a, rank),
+                       pads=_on_axis(pads[a], a, rank, 0) + _on_axis(pads[rank + a], a, rank, 0),
+                       ceil_mode=n.attrs.get("ceil_mode", 0)))
+    ins = zs[::-1]
+    for a, z, y in zip(active, ins, [n.outputs[0]] + ins[:-1]):
+        where = (2 + a, rank + 2, y_sizes[a + 1:])  # the axes after a are pooled already
+        dy = _route_axis(g, (z, y, dy), where, (kernel[a], strides[a], dilations[a], pads[a]),
+                         (x_sizes[a], y_sizes[a]), g.np_dtype(n.inputs[0]))
+    return dy
+
+
+def _route_axis(g, tensors, where, window, sizes, dtype):
+    """dZ of Y = MaxPool(Z) pooled along one axis only, each window's dY to its first maximum.
+
+    tensors: Z [..., n_in, ...], Y and dY [..., n_out, ...]; where: (axis, rank, sizes of the
+    later axes); window: (k, stride, dilation, begin pad); sizes: (n_in, n_out). With M_t the
+    maximum of the window's taps 0..t (padding: -inf), h_t = dY where M_t == Y else 0 rises once
+    from 0 to dY: tap t takes h_t - h_{t-1} (h_{k-1} = dY, as M_{k-1} = Y)."""
+    (z, y, dy), (k, stride, dilation, begin) = tensors, window
+    firsts = [dilation * t - begin for t in range(k)]  # input position of tap t in window 0
+    zero = g.const(0.0, dtype)
+    shares, running, below = [], None, zero
+    for t in range(k - 1):
+        pooled = _prefix_pool(g, z, where, (t, stride, dilation, begin), sizes)
+        if pooled is not None:
+            running = pooled
+        else:
+            tap = _tap(g, z, where, (firsts[t], stride), sizes, g.const(-np.inf, dtype))
+            running = tap if running is None else g.op("Max", running, tap)
+        reached = g.op("Where", g.op("Equal", running, y), dy, zero)
+        shares.append(reached if t == 0 else g.op("Sub", reached, below))
+        below = reached
+    shares.append(dy if k == 1 else g.op("Sub", dy, below))
+    return _place_taps(g, shares, where, (firsts, stride), sizes, zero)
+
+
+def _prefix_pool(g, z, where, prefix, sizes):
+    """M_t, the maximum of taps 0..t of each window, as a MaxPool along the axis (onnxruntime
+    runs it in its blocked layout, where strided Slices of the innermost axis are slow); None
+    when onnxruntime's pads < kernel rule forbids it."""
+    (axis, rank, _), (t, stride, dilation, begin), (n_in, n_out) = where, prefix, sizes
+    windows = [(n_in + begin + end - dilation * t - 1) // stride + 1 for end in range(t + 1)]
+    if t == 0 or begin > t or windows[-1] < n_out:  # kernel 1: slow in the blocked layout
+        return None
+    end = next(e for e, w in enumerate(windows) if w >= n_out)
+    spatial, count = axis - 2, rank - 2
+    pooled = g.op("MaxPool", z, kernel_shape=_on_axis(t + 1, spatial, count),
+                  strides=_on_axis(stride, spatial, count),
+                  dilations=_on_axis(dilation, spatial, count),
+                  pads=_on_axis(begin, spatial, count, 0) + _on_axis(end, spatial, count, 0))
+    if windows[end] == n_out:
+        return pooled
+    return g.op("Slice", pooled, g.ints([0]), g.ints([n_out]), g.ints([axis]))
+
+
+def _on_axis(value, axis, count, other=1):
+    """A pool attribute over `count` spatial axes: value on spatial `axis`, `other` elsewhere."""
+    return [value if i == axis else other for i in range(count)]
+
+
+def _tap(g, z, where, first_stride, sizes, fill):
+    """Z at positions first + stride i (i < n_out) along the axis, `fill` outside Z."""
+    (first, stride), (n_in, n_out) = first_stride, sizes
+    if stride == 1:  # one Pad shifts (negative pads crop)
+        return _pad_axis(g, z, where, -first, first + n_out - n_in, fill)
+    lo = max(-(first // stride), 0)  # the first i inside Z
+    hi = max(min(n_out, (n_in - 1 - first) // stride + 1), lo)  # one past the last
+    start = first + stride * lo
+    tap = g.op("Slice", z, g.ints([start]), g.ints([start + stride * (hi - lo - 1) + 1]),
+               g.ints([where[0]]), g.ints([stride]))
+    return _pad_axis(g, tap, where, lo, n_out - hi, fill)
+
+
+def _place_taps(g, shares, where, firsts_stride, sizes, zero):
+    """Sum the k per-tap shares [..., n_out, ...] at their input positions along the axis:
+    tap t of window i lands on first_t + stride i. Returns [..., n_in, ...]. The taps of one
+    phase (first_t mod stride) are shifted copies summed at output resolution; the phases then
+    interleave."""
+    (axis, _, tail), (firsts, stride), (n_in, n_out) = where, firsts_stride, sizes
+    length = -(-n_in // stride)  # of each phase
+    phases = []
+    for phase in range(stride):
+        parts = [_pad_axis(g, share, where, first // stride, length - n_out - first // stride, zero)
+                 for share, first in zip(shares, firsts) if first % stride == phase]
+        phases.append(parts[0] if len(parts) == 1 else g.op("Sum", *parts) if parts else None)
+    if stride == 1:
+        return phases[0]
+    some = next(p for p in phases if p is not None)
+    phases = [g.op("Mul", some, zero) if p is None else p for p in phases]  # no tap lands here
+    stacked = g.op("Concat", *[g.op("Unsqueeze", p, g.ints([axis + 1])) for p in phases],
+                   axis=axis + 1)
+    merged = g.op("Reshape", stacked, g.ints([0] * axis + [-1] + list(tail)))
+    if stride * length == n_in:
+        return merged
+    return g.op("Slice", merged, g.ints([0]), g.ints([n_in]), g.ints([axis]))
+
+
+def _pad_axis(g, x, where, before, after, value):
+    """x padded with the scalar constant `value` along one axis (negative counts crop);
+    where: (axis, rank of x, ...)."""
+    if before == 0 and after == 0:
+        return x
+    axis, rank = where[:2]
+    pads = [0] * (2 * rank)
+    pads[axis], pads[rank + axis] = before, after
+    return g.op("Pad", x, g.ints(pads), value)
 
 
 def _max_pool_taps(g, n, dy, indices):
