@@ -132,10 +132,11 @@ def sigmoid(g, n, dys, needs):
     return [g.op("Mul", dys[0], g.op("Mul", y, one_minus))]
 
 
-def _strictly_inside_unit(g, h):
-    """Boolean 0 < h < 1 for h = HardSigmoid(...) (clipped to [0, 1])."""
-    return g.op("And", g.op("Greater", h, g.scalar_like(0.0, h)),
-                g.op("Less", h, g.scalar_like(1.0, h)))
+def _strictly_inside_unit(g, h, like):
+    """Boolean 0 < h < 1 for h = HardSigmoid(...) (clipped to [0, 1]); like: a forward tensor
+    of h's element type (a tensor made here has no recorded type)."""
+    return g.op("And", g.op("Greater", h, g.scalar_like(0.0, like)),
+                g.op("Less", h, g.scalar_like(1.0, like)))
 
 
 @rule("HardSigmoid")
@@ -143,7 +144,7 @@ def hard_sigmoid(g, n, dys, needs):
     # y = clip(alpha x + beta, 0, 1): dy/dx = alpha strictly inside (0, 1), else 0. Reading y
     # (not alpha x + beta recomputed) costs four passes instead of seven.
     y = n.outputs[0]
-    slope = g.op("Where", _strictly_inside_unit(g, y), g.scalar_like(n.attrs["alpha"], y),
+    slope = g.op("Where", _strictly_inside_unit(g, y, y), g.scalar_like(n.attrs["alpha"], y),
                  g.scalar_like(0.0, y))
     return [g.op("Mul", dys[0], slope)]
 
@@ -157,7 +158,7 @@ def hard_swish(g, n, dys, needs):
     if blocked(g, x):
         return [g.op("Mul", dys[0], _blocked_hard_swish_slope(g, h, g.shape(x)[1]))]
     inner = g.op("Sub", g.op("Mul", h, g.scalar_like(2.0, x)), g.scalar_like(0.5, x))
-    slope = g.op("Where", _strictly_inside_unit(g, h), inner, h)
+    slope = g.op("Where", _strictly_inside_unit(g, h, x), inner, h)
     return [g.op("Mul", dys[0], slope)]
 
 
