@@ -145,7 +145,9 @@ def _baked_session(path: Path, score: str, values: dict, options: tuple):
         return None
     for name, value in values.items():
         initializers[name].CopyFrom(numpy_helper.from_array(value, name))
-    return _session(model.SerializeToString(), *options)
+    # no arena: each kept session would otherwise hold its largest batch's activations (LIME's
+    # 50 images: ~1 GB per session on the default model; 8 of them ran a 24 GB machine out)
+    return _session(model.SerializeToString(), *options, arena=False)
 
 
 _warned: set[str] = set()  # notes already printed on stderr (once per process)
@@ -184,7 +186,8 @@ def _runtime_message(exc: Exception) -> str:
     return re.sub(r"^\S+\.(?:cc|h|cpp):\d+ .*?\) (?=\S)", "", text)
 
 
-def _session(path: Path | bytes, provider: str, threads: int | None, spinning: bool = True):
+def _session(path: Path | bytes, provider: str, threads: int | None, spinning: bool = True,
+             arena: bool = True):
     import onnxruntime as ort
 
     if provider not in ("auto", "cpu", "cuda"):
@@ -195,6 +198,7 @@ def _session(path: Path | bytes, provider: str, threads: int | None, spinning: b
     # against 29 ms without) but burn the cores that concurrent work needs (the folder
     # pipeline's other model thread, SLIC and PNG writing: README, folder throughput).
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options.enable_cpu_mem_arena = arena  # off: memory goes back after each run
     threads = _thread_count(threads)
     if threads:
         options.intra_op_num_threads = threads
