@@ -186,6 +186,13 @@ def _runtime_message(exc: Exception) -> str:
     return re.sub(r"^\S+\.(?:cc|h|cpp):\d+ .*?\) (?=\S)", "", text)
 
 
+# Workers spin between the ops of a run, not after it: idle spinning workers of one session
+# slow the next run of another on the same cores, and explaining alternates the plain and the
+# augmented model (predict then explain on the default model, 2 cores: 62-73 -> 37-42 ms per
+# image; back-to-back runs of one session unchanged within noise: tools/bench_spinning.py).
+SPINNING_STOP = True
+
+
 def _session(path: Path | bytes, provider: str, threads: int | None, spinning: bool = True,
              arena: bool = True):
     import onnxruntime as ort
@@ -198,6 +205,7 @@ def _session(path: Path | bytes, provider: str, threads: int | None, spinning: b
     # against 29 ms without) but burn the cores that concurrent work needs (the folder
     # pipeline's other model thread, SLIC and PNG writing: README, folder throughput).
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options.add_session_config_entry("session.force_spinning_stop", "1" if SPINNING_STOP else "0")
     options.enable_cpu_mem_arena = arena  # off: memory goes back after each run
     threads = _thread_count(threads)
     if threads:
@@ -258,6 +266,9 @@ class ModelRunner:
         self._stages = None  # parameter_stages, found with the weights-augmented model
         self._heads = {}  # layer -> session on the model from that layer on (layer_scores)
         self._baked = {}  # parameter digest -> plain session with those weights (_baked_plain)
+        # False once a parameter set could not be baked: that depends only on the parameter
+        # names, which are fixed per model, so later calls go straight to the fed path
+        self._bakeable = True
         # the sessions above are built on first use, once, also when several threads ask at
         # once (swag_onnx.folder runs explain calls on two threads)
         self._building = threading.RLock()
@@ -321,7 +332,9 @@ class ModelRunner:
     def scores(self, batch: np.ndarray, parameters: dict | None = None) -> np.ndarray:
         """Logits [N, K] float32 for a preprocessed batch (the score tensor, before any
         Softmax). parameters: {parameter name: array} that replace the model's own values for
-        this call (see `parameter_values`; run on the weights-augmented model)."""
+        this call (see `parameter_values`): run on a plain session with those values written
+        into its weights, or, when the model's parameters cannot be written back (int8 models
+        with folded weights), fed to the weights-augmented model."""
         if parameters:
             baked = self._baked_plain(parameters)
             if baked is None:  # a parameter the original graph does not hold (folded int8)
@@ -346,6 +359,8 @@ class ModelRunner:
         weights (13-17x slower on the default model: LIME and RISE under MPRT); baked ones run
         at plain speed. The last BAKED_SESSIONS sessions are kept, keyed by a digest of the
         values (MPRT asks for the same few parameter sets for every image)."""
+        if not self._bakeable:
+            return None
         overrides = self._overrides(parameters)
         digest = hashlib.blake2b(digest_size=16)
         for name in sorted(overrides):
@@ -355,6 +370,7 @@ class ModelRunner:
             if key not in self._baked:
                 session = _baked_session(self.model, self._basic.score, overrides, self._options)
                 if session is None:
+                    self._bakeable = False
                     return None
                 self._baked[key] = session
             self._baked[key] = self._baked.pop(key)  # most recent last

@@ -253,6 +253,21 @@ def test_spinning_reaches_every_session(spinning, entry):
         assert session.get_session_options().get_session_config_entry(SPINNING) == entry
 
 
+def test_workers_stop_spinning_when_a_run_ends():
+    """Every session of a runner (plain, gradient, baked MPRT ones) stops its workers'
+    spinning when a run ends: spinning idle workers of one session slowed the next run of the
+    other (predict then explain: 1.6x, tools/bench_spinning.py)."""
+    runner = Explainer().runner
+    parameters = runner.parameter_values()
+    name = next(iter(parameters))
+    runner.scores(np.zeros((1, 3, 224, 224), np.float32), {name: parameters[name] * 0.5})
+    sessions = [runner.plain, runner.gradient, *runner._baked.values()]
+    assert len(sessions) == 3
+    for session in sessions:
+        options = session.get_session_options()
+        assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+
+
 def test_cli_explain_runs_without_spinning(tmp_path, monkeypatch):
     """`swag-onnx explain` runs the pipelined loop: its sessions do not spin."""
     import swag_onnx.explain as explain_module

@@ -3,7 +3,9 @@
 For each network (random weights, exported to ONNX at 224x224, batch 1, through tests/zoo.py) the
 script augments the model with ``augment_model(model, layers=["auto"])`` and times, interleaved in
 one loop so that machine noise hits all three alike (median of ``--repeats`` runs after 3 warm-up
-runs each, batch 1, random 224 px input):
+runs each, batch 1, random 224 px input; the contenders alternate in blocks of a 0.2 s pause, one
+untimed and three timed runs, so that one runtime's spinning idle threads do not slow the next
+one's run):
 
   (a) onnxruntime forward only on the original model (CPUExecutionProvider, default options);
   (b) onnxruntime on the augmented model, fed a one-hot ``swag.seed`` and fetching all outputs
@@ -58,6 +60,8 @@ SIZE = 224
 CLASSES = 1000
 SEED_NAME = "swag.seed"
 WARMUP = 3
+BLOCK = 3  # timed runs of one contender in a row (time_interleaved)
+SETTLE = 0.2  # seconds of sleep before each block (time_interleaved)
 TARGETS = {"aug/fwd": 3.0, "aug/torch": 0.5, "file ratio": 1.05}
 MEDIAN_TARGET = 2.5  # aug/fwd of the median network (issue 14); TARGETS["aug/fwd"] for every one
 
@@ -185,16 +189,25 @@ def runners(net: torch.nn.Module, path: Path, aug_path: Path, x: np.ndarray, see
 
 
 def time_interleaved(funcs, repeats: int, clock=time.perf_counter) -> list[float]:
-    """Median time (ms, by `clock`) of each callable, the callables alternating in each round."""
+    """Median time (ms, by `clock`) of each callable over `repeats` timed runs. The callables
+    alternate in blocks: SETTLE seconds of sleep, one untimed run, then up to BLOCK timed runs.
+    A run timed straight after another runtime's shares the cores with that runtime's idle
+    worker threads, which spin for a while after each run (onnxruntime's thread pool, torch's
+    OpenMP): on this 2-core machine, alternating single calls inflated resnet18's augmented
+    pass from 61 to 105 ms and its forward from 25 to 32 ms, a cost that one explanation loop
+    never pays. Blocks still alternate often enough that machine noise hits all alike."""
     for f in funcs:
         for _ in range(WARMUP):
             f()
     samples = [[] for _ in funcs]
-    for _ in range(repeats):
+    while len(samples[0]) < repeats:
         for f, s in zip(funcs, samples):
-            start = clock()
-            f()
-            s.append((clock() - start) * 1e3)
+            time.sleep(SETTLE)  # the previous contender's spinning threads go idle
+            f()  # untimed
+            for _ in range(min(BLOCK, repeats - len(s))):
+                start = clock()
+                f()
+                s.append((clock() - start) * 1e3)
     return [float(np.median(s)) for s in samples]
 
 
