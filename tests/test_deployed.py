@@ -92,6 +92,40 @@ def test_quantize_dequantize_pair_is_straight_through_with_clipping_mask(int_typ
     np.testing.assert_allclose(_input_grad(model, x, seed), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("int_type", [TensorProto.INT8, TensorProto.UINT8], ids=["int8", "uint8"])
+@pytest.mark.parametrize("per_channel", [False, True], ids=["tensor", "channel"])
+def test_clipping_mask_at_the_rounding_ties_matches_torch(int_type, per_channel):
+    """x / scale exactly on the half-integers next to the saturation limits, and one float
+    either side: round half to even keeps low - 1/2 inside only when low - zero point is even
+    (and high + 1/2 only when high - zero point is even). Zero points of both parities; scale
+    a power of two so that torch's x * (1 / scale) equals x / scale."""
+    low, high = RANGES[int_type]
+    np_type = np.int8 if int_type == TensorProto.INT8 else np.uint8
+    zeros = np.array([high // 2, high // 2 + 1], np_type)  # both parities of low - zp
+    scale = np.float32(0.25)
+    rows = []
+    for zero in zeros:
+        edges = [np.float32(low - int(zero) - 0.5), np.float32(high - int(zero) + 0.5)]
+        values = [f for e in edges for f in (np.nextafter(e, np.float32(-np.inf)), e,
+                                             np.nextafter(e, np.float32(np.inf)))]
+        rows.append(np.array(values, np.float32) * scale)
+    x = np.stack(rows)[None, :, :, None]  # [1, 2 zero points, 6 values, 1]
+    seed = np.ones((1, x.size), np.float32)
+    s_init, z_init = (np.full(2, scale), zeros) if per_channel else (scale, zeros[0])
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], axis=1),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d"], axis=1),
+             helper.make_node("Flatten", ["d"], ["y"], axis=1)]
+    model = _model(nodes, {"s": np.asarray(s_init, np.float32), "z": np.asarray(z_init)},
+                   list(x.shape))
+    xt = torch.from_numpy(x).requires_grad_(True)
+    fq = _torch_fake_quant(xt, np.asarray(s_init, np.float32), np.asarray(z_init, np_type),
+                           int_type, 1 if per_channel else None)
+    fq.sum().backward()
+    expected = xt.grad.numpy()
+    assert 0 < expected.sum() < expected.size  # ties on both sides of the limits
+    np.testing.assert_array_equal(_input_grad(model, x, seed), expected)
+
+
 @pytest.mark.parametrize("channels", [None, 4], ids=["per-tensor", "per-channel"])
 def test_small_qdq_network_matches_torch_fake_quant(channels):
     # x -Q/DQ-> Conv (weights DQ'd per output channel or per tensor) -Q/DQ-> Relu -> GAP -> Gemm

@@ -63,13 +63,41 @@ def inside_range(g, x, scale, zero_point, int_type, axis=1):
     """Boolean: round(x / scale) + zero_point within the integer range of `int_type` (the
     values that do not saturate). x float; scale (and zero_point, '' if absent) scalar or
     per-axis along `axis`."""
-    q = g.op("Round", g.op("Div", x, _per_axis(g, scale, x, axis)))
+    v = g.op("Div", x, _per_axis(g, scale, x, axis))
+    bounds = _rounding_bounds(g, v, x, zero_point, int_type, axis)
+    if bounds is not None:
+        low, high = bounds
+        return g.op("And", g.op("GreaterOrEqual", v, low), g.op("LessOrEqual", v, high))
+    q = g.op("Round", v)
     if zero_point:
         zp = g.op("Cast", _per_axis(g, zero_point, x, axis), to=g.dtype(x) or 1)
         q = g.op("Add", q, zp)
     low, high = RANGES[int_type]
     return g.op("And", g.op("GreaterOrEqual", q, g.scalar_like(float(low), x)),
                 g.op("LessOrEqual", q, g.scalar_like(float(high), x)))
+
+
+def _rounding_bounds(g, v, x, zero_point, int_type, axis):
+    """Constants (lo, hi) with lo <= v <= hi exactly when low <= round(v) + zero_point <= high
+    (round: half to even, as ONNX's Round and QuantizeLinear), shaped to broadcast against v;
+    None unless x is float32 or float64 and the zero point a constant. Two compares of v then
+    replace Round, the zero point's Add and two compares (61 quantisers in the default model's
+    int8 QDQ form). round(v) >= a exactly when v > a - 1/2, or v = a - 1/2 with a even; so
+    lo is a - 1/2 for even a = low - zero_point, else the next float up (and hi likewise, with
+    b + 1/2 and the next float down). a +- 1/2 is exact in float32 for every integer range."""
+    dtype = np.dtype(g.np_dtype(x)).type
+    zero = g.value(zero_point) if zero_point else np.zeros((), np.int64)
+    if dtype not in (np.float32, np.float64) or zero is None:
+        return None
+    zero = np.asarray(zero, np.int64)
+    low, high = RANGES[int_type]
+    a, b = low - zero, high - zero
+    lo = np.where(a % 2 == 0, a - 0.5, np.nextafter((a - 0.5).astype(dtype), dtype(np.inf)))
+    hi = np.where(b % 2 == 0, b + 0.5, np.nextafter((b + 0.5).astype(dtype), dtype(-np.inf)))
+    if zero.size > 1:  # per axis: [C, 1, ..., 1] against v
+        shape = [-1] + [1] * (g.rank(x) - 1 - axis % g.rank(x))
+        lo, hi = lo.reshape(shape), hi.reshape(shape)
+    return g.const(lo.astype(dtype), dtype), g.const(hi.astype(dtype), dtype)
 
 
 @rule("QuantizeLinear", check=_quantize_check)
