@@ -188,7 +188,7 @@ def _runtime_message(exc: Exception) -> str:
 
 # Workers spin between the ops of a run, not after it: idle spinning workers of one session
 # slow the next run of another on the same cores, and explaining alternates the plain and the
-# augmented model (predict then explain on the default model, 2 cores: 62-73 -> 37-42 ms per
+# augmented model (predict then explain on the default model, 2 cores: 71.5 -> 45.8 ms per
 # image; back-to-back runs of one session unchanged within noise: tools/bench_spinning.py).
 SPINNING_STOP = True
 

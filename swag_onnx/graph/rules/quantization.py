@@ -64,7 +64,7 @@ def inside_range(g, x, scale, zero_point, int_type, axis=1):
     values that do not saturate). x float; scale (and zero_point, '' if absent) scalar or
     per-axis along `axis`."""
     v = g.op("Div", x, _per_axis(g, scale, x, axis))
-    bounds = _rounding_bounds(g, v, x, zero_point, int_type, axis)
+    bounds = _rounding_bounds(g, x, zero_point, int_type, axis)
     if bounds is not None:
         low, high = bounds
         return g.op("And", g.op("GreaterOrEqual", v, low), g.op("LessOrEqual", v, high))
@@ -77,14 +77,15 @@ def inside_range(g, x, scale, zero_point, int_type, axis=1):
                 g.op("LessOrEqual", q, g.scalar_like(float(high), x)))
 
 
-def _rounding_bounds(g, v, x, zero_point, int_type, axis):
-    """Constants (lo, hi) with lo <= v <= hi exactly when low <= round(v) + zero_point <= high
-    (round: half to even, as ONNX's Round and QuantizeLinear), shaped to broadcast against v;
-    None unless x is float32 or float64 and the zero point a constant. Two compares of v then
-    replace Round, the zero point's Add and two compares (61 quantisers in the default model's
-    int8 QDQ form). round(v) >= a exactly when v > a - 1/2, or v = a - 1/2 with a even; so
-    lo is a - 1/2 for even a = low - zero_point, else the next float up (and hi likewise, with
-    b + 1/2 and the next float down). a +- 1/2 is exact in float32 for every integer range."""
+def _rounding_bounds(g, x, zero_point, int_type, axis):
+    """Constants (lo, hi) with lo <= v <= hi exactly when low <= round(v) + zero_point <= high,
+    for v = x / scale (round: half to even, as ONNX's Round and QuantizeLinear), shaped to
+    broadcast against v; None unless x is float32 or float64 and the zero point a constant
+    (inside_range then keeps its Round route). Two compares of v replace Round, the zero
+    point's Add and two compares (61 quantisers in the default model's int8 QDQ form).
+    round(v) >= a exactly when v > a - 1/2, or v = a - 1/2 with a even; so lo is a - 1/2 for
+    even a = low - zero_point, else the next float up (and hi likewise, with b + 1/2 and the
+    next float down). a +- 1/2 is exact in float32 for every integer range."""
     dtype = np.dtype(g.np_dtype(x)).type
     zero = g.value(zero_point) if zero_point else np.zeros((), np.int64)
     if dtype not in (np.float32, np.float64) or zero is None:
