@@ -98,6 +98,41 @@ def test_reduce(op, keepdims, opset):
         assert_vjp(op, X4, [axes], {"keepdims": keepdims}, opset=opset)
 
 
+@pytest.mark.parametrize("pool", ["GlobalAveragePool", "ReduceMean"])
+def test_squeeze_excitation_as_torch(pool):
+    """y = x * sigmoid(Conv(pool(x))) on a float32 map whose 16 channels onnxruntime blocks: the
+    scale's gradient (summed over the map by GlobalAveragePool * HW) and the pool's gradient
+    (left unexpanded: the Sum with the Mul's term broadcasts it) match torch's float64 autograd,
+    and no backward Expand is emitted."""
+    import torch
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 16, 6, 5)).astype(np.float32)
+    w = (rng.standard_normal((16, 16, 1, 1)) / 4).astype(np.float32)
+    pooling = (helper.make_node("GlobalAveragePool", ["x"], ["p"]) if pool == "GlobalAveragePool"
+               else helper.make_node("ReduceMean", ["x"], ["p"], axes=[2, 3], keepdims=1))
+    graph = helper.make_graph(
+        [pooling, helper.make_node("Conv", ["p", "w"], ["c"]), helper.make_node("Sigmoid", ["c"], ["s"]),
+         helper.make_node("Mul", ["x", "s"], ["m"]), helper.make_node("Flatten", ["m"], ["y"])],
+        "se", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16, 6, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    augmented = augment_model(model)
+    backward = [n.op_type for n in augmented.graph.node if n.name.startswith("swag/")]
+    assert "Expand" not in backward and "GlobalAveragePool" in backward
+    seed = rng.standard_normal((2, 480)).astype(np.float32)
+    got = session(augmented).run(["swag.grad.x"], {"x": x, "swag.seed": seed})[0]
+
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    scale = torch.sigmoid(torch.nn.functional.conv2d(xt.mean((2, 3), keepdim=True),
+                                                     torch.tensor(w, dtype=torch.float64)))
+    ((xt * scale).flatten(1) * torch.tensor(seed, dtype=torch.float64)).sum().backward()
+    reference = xt.grad.numpy()
+    assert np.abs(got - reference).max() <= 1e-5 * np.abs(reference).max()
+
+
 @pytest.mark.parametrize("op", ["ReduceMax", "ReduceMin"])
 @pytest.mark.parametrize("keepdims", [0, 1])
 def test_reduce_extremum(op, keepdims):

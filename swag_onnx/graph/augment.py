@@ -226,14 +226,18 @@ def _effective_seed(g: Emitter, score: str, image: str, num_classes: int) -> str
 
 
 def _collect(g, pending, done, name):
-    """The total gradient of `name` (sum of its fan-out contributions), or None."""
+    """The total gradient of `name` (sum of its fan-out contributions; terms left unexpanded by
+    Emitter.expand_when_summed broadcast in that Sum), or None."""
     if name in done:
         return done[name]
     terms = pending.pop(name, None)
     if not terms:
         return None
-    done[name] = g.add_all(terms)
-    return done[name]
+    total = g.add_all(terms)
+    if all(term in g.unexpanded for term in terms):  # no full-size term to broadcast against
+        total = g.expand_like(total, name)
+    done[name] = total
+    return total
 
 
 def _value_info(g: Emitter, name: str, like: str):

@@ -65,6 +65,7 @@ class Emitter:
         self._taken = taken_names
         self._counter = 0
         self._const_cache: dict[tuple, str] = {}
+        self.unexpanded: set[str] = set()  # gradient terms to broadcast where they are summed
         self._shapes: dict[str, Shape] = {}
         self._dtypes: dict[str, int] = {}
         self._values: dict[str, np.ndarray] = {}
@@ -198,6 +199,15 @@ class Emitter:
     def expand_like(self, x: str, like: str) -> str:
         """Broadcast x (which already has the batch dim) to the shape of `like`."""
         return self.op("Expand", x, self.shape_of(like, 1))
+
+    def expand_when_summed(self, x: str) -> str:
+        """x, an input gradient of the input's rank and batch that is constant along some axes
+        (size 1 there, e.g. [N, C, 1, 1] for a pooled map), left unexpanded: the driver adds an
+        input's gradient terms with one Sum, which broadcasts, and expands x only when no
+        full-size term joins it. A squeeze-excitation input (pooled, and scaled by a Mul whose
+        term is full-size) then never writes and re-reads its pool's expanded gradient."""
+        self.unexpanded.add(x)
+        return x
 
     def zeros_like(self, like: str) -> str:
         zero = numpy_helper.from_array(

@@ -316,8 +316,7 @@ def _size_ratio(g, small, big):
 @rule("GlobalAveragePool")
 def global_average_pool(g, n, dys, needs):
     x, y = n.inputs[0], n.outputs[0]
-    spread = g.expand_like(dys[0], x)
-    return [g.op("Mul", spread, _size_ratio(g, y, x))]
+    return [g.expand_when_summed(g.op("Mul", dys[0], _size_ratio(g, y, x)))]
 
 
 @rule("GlobalMaxPool")
@@ -369,10 +368,11 @@ def reduce_mean_sum(g, n, dys, needs):
     if _is_noop(n):
         return [dys[0]] + [None] * (len(n.inputs) - 1)
     dy, = _keep_dims(g, n, dys[0])
-    dx = g.expand_like(dy, x) if 0 not in _reduce_axes(g, n) else g.op("Expand", dy, g.op("Shape", x))
     if n.op == "ReduceMean":
-        dx = g.op("Mul", dx, _size_ratio(g, y, x))
-    return [dx] + [None] * (len(n.inputs) - 1)
+        dy = g.op("Mul", dy, _size_ratio(g, y, x))
+    if 0 in _reduce_axes(g, n):  # no batch dimension to broadcast from
+        return [g.op("Expand", dy, g.op("Shape", x))] + [None] * (len(n.inputs) - 1)
+    return [g.expand_when_summed(dy)] + [None] * (len(n.inputs) - 1)
 
 
 @rule("ReduceMax", "ReduceMin", check=_reduce_check)
