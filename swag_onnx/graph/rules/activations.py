@@ -151,15 +151,19 @@ def hard_sigmoid(g, n, dys, needs):
 
 @rule("HardSwish")
 def hard_swish(g, n, dys, needs):
-    # y = x h, h = HardSigmoid(x) = clip(x/6 + 1/2, 0, 1): dy/dx = h + x h' = x/3 + 1/2 = 2h - 1/2
-    # strictly inside (0, 1), else h (0 below -3, 1 above 3).
     x = n.inputs[0]
-    h = g.op("HardSigmoid", x, alpha=1.0 / 6.0, beta=0.5)
+    return [hard_swish_grad(g, dys[0], g.op("HardSigmoid", x, alpha=1.0 / 6.0, beta=0.5), x)]
+
+
+def hard_swish_grad(g, dy, h, x):
+    """dx of y = x h, h = HardSigmoid(x) = clip(x/6 + 1/2, 0, 1), for x, h, dy [N, C, ...]:
+    dy/dx = h + x h' = x/3 + 1/2 = 2h - 1/2 strictly inside (0, 1), else h (0 below -3, 1
+    above 3)."""
     if blocked(g, x):
-        return [g.op("Mul", dys[0], _blocked_hard_swish_slope(g, h, g.shape(x)[1]))]
+        return g.op("Mul", dy, _blocked_hard_swish_slope(g, h, g.shape(x)[1]))
     inner = g.op("Sub", g.op("Mul", h, g.scalar_like(2.0, x)), g.scalar_like(0.5, x))
     slope = g.op("Where", _strictly_inside_unit(g, h, x), inner, h)
-    return [g.op("Mul", dys[0], slope)]
+    return g.op("Mul", dy, slope)
 
 
 def _blocked_hard_swish_slope(g, h, channels: int) -> str:
