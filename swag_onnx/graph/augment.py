@@ -30,7 +30,7 @@ from swag_onnx.graph import analysis
 from swag_onnx.graph.emitter import Emitter
 from swag_onnx.graph.model_io import load_model, save_model_atomic
 from swag_onnx.graph.rules import NON_DIFFERENTIABLE, RULES, supported_ops
-from swag_onnx.graph.rules.activations import affine, blocked, hard_swish_grad
+from swag_onnx.graph.rules.activations import affine, hard_swish_grad
 from swag_onnx.graph.rules.quantization import as_qdq
 
 SEED = "swag.seed"
@@ -209,16 +209,16 @@ def _expand_hard_swish(model: onnx.ModelProto, facts: Emitter) -> bool:
     rewritten = []
     for node in model.graph.node:
         if node.op_type != "HardSwish" or node.domain not in ("", "ai.onnx") \
-                or not blocked(facts, node.output[0]):
+                or not facts.blocked(node.output[0]):
             rewritten.append(node)
             continue
         h = f"{node.output[0]}/hard_sigmoid"
         while h in names:
             h += "_"
         names.add(h)
-        rewritten += [helper.make_node("HardSigmoid", [node.input[0]], [h], name=h,
-                                       alpha=1.0 / 6.0, beta=0.5),
-                      helper.make_node("Mul", [node.input[0], h], [node.output[0]], name=node.name)]
+        x, y = node.input[0], node.output[0]
+        rewritten += [helper.make_node("HardSigmoid", [x], [h], name=h, alpha=1.0 / 6.0, beta=0.5),
+                      helper.make_node("Mul", [x, h], [y], name=node.name)]
     if len(rewritten) == len(model.graph.node):
         return False
     del model.graph.node[:]
@@ -226,14 +226,14 @@ def _expand_hard_swish(model: onnx.ModelProto, facts: Emitter) -> bool:
     return True
 
 
-def swish_grad(g: Emitter, dy: str, s: str, x: str, y: str) -> str:
+def swish_grad(g: Emitter, dy: str, s: str, y: str) -> str:
     """dx of y = x * s, s = sigmoid(x): dy * (s + y (1 - s)) in four element-wise passes (the
     separate Mul and Sigmoid rules take six and a Sum). For a float32 map [N, C, H, W] with C a
     multiple of onnxruntime's channel block, 1 - s is a per-channel affine map (a
     BatchNormalization, one rounding like Sub), so that every pass stays in the blocked NCHWc
     layout the forward Sigmoid and Mul run in: a Sub with a scalar would reorder s, y, dy and
     dx (four layout conversions per swish)."""
-    if blocked(g, y):
+    if g.blocked(y):
         one_minus = affine(g, s, g.shape(y)[1], -1.0, 1.0)
     else:
         one_minus = g.op("Sub", g.scalar_like(1.0, y), s)
@@ -249,7 +249,7 @@ def _is_hard_swish_gate(node) -> bool:
 # gate op of y = x * gate(x) -> (whether a node of that op is such a gate, dx: (g, dy, gate
 # output, x, y) -> dx)
 _GATES = {
-    "Sigmoid": (lambda node: True, swish_grad),
+    "Sigmoid": (lambda node: True, lambda g, dy, s, x, y: swish_grad(g, dy, s, y)),
     "HardSigmoid": (_is_hard_swish_gate, lambda g, dy, h, x, y: hard_swish_grad(g, dy, h, x)),
 }
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import onnx
 
 from swag_onnx.graph.rules import rule
 
@@ -13,7 +12,7 @@ from swag_onnx.graph.rules import rule
 @rule("Relu")
 def relu(g, n, dys, needs):
     y = n.outputs[0]
-    if blocked(g, y):
+    if g.blocked(y):
         return [g.op("Mul", dys[0], _inside_mask(g, y, 0.0, None))]
     return [g.op("Mul", dys[0], g.mask(g.op("Greater", y, g.scalar_like(0.0, y)), y))]
 
@@ -24,16 +23,8 @@ def relu(g, n, dys, needs):
 # and dX back for the next backward Conv), more than the masks themselves. BatchNormalization
 # (run as a 1x1 depthwise NCHWc Conv into which a following Add and Relu fuse), Relu, Add and Mul
 # stay blocked, so the masks are built from affine maps and Relu alone (see _inside_mask).
-NCHWC_BLOCK = 8  # onnxruntime's channel block on AVX2 CPUs (16 with AVX-512)
 _TINY = float(np.finfo(np.float32).tiny)  # the smallest normal float32
 _MAX_SCALE = 2.0 ** 100  # larger scales could overflow S * w in _inside_mask
-
-
-def blocked(g, y) -> bool:
-    """Whether y [N, C, H, W] is a float32 map that onnxruntime can keep blocked."""
-    shape = g.shape(y)
-    return (g.dtype(y) == onnx.TensorProto.FLOAT and shape is not None and len(shape) == 4
-            and shape[1] is not None and shape[1] % NCHWC_BLOCK == 0)
 
 
 def affine(g, x, channels: int, scale: float, bias: float) -> str:
@@ -112,7 +103,7 @@ def clip(g, n, dys, needs):
     lo, hi = (g.value(n.input(i)) if n.input(i) else n.attrs.get(attr)
               for i, attr in ((1, "min"), (2, "max")))
     lo, hi = (None if b is None else float(np.float32(b)) for b in (lo, hi))
-    if blocked(g, x) and _blocked_mask_exact(lo, hi):
+    if g.blocked(x) and _blocked_mask_exact(lo, hi):
         return [g.op("Mul", dys[0], _inside_mask(g, x, lo, hi))] + [None] * (len(n.inputs) - 1)
     inside = None
     for i, (attr, cmp) in enumerate((("min", "Greater"), ("max", "Less")), start=1):
@@ -159,7 +150,7 @@ def hard_swish_grad(g, dy, h, x):
     """dx of y = x h, h = HardSigmoid(x) = clip(x/6 + 1/2, 0, 1), for x, h, dy [N, C, ...]:
     dy/dx = h + x h' = x/3 + 1/2 = 2h - 1/2 strictly inside (0, 1), else h (0 below -3, 1
     above 3)."""
-    if blocked(g, x):
+    if g.blocked(x):
         return g.op("Mul", dy, _blocked_hard_swish_slope(g, h, g.shape(x)[1]))
     inner = g.op("Sub", g.op("Mul", h, g.scalar_like(2.0, x)), g.scalar_like(0.5, x))
     slope = g.op("Where", _strictly_inside_unit(g, h, x), inner, h)
