@@ -133,6 +133,49 @@ def test_squeeze_excitation_as_torch(pool):
     assert np.abs(got - reference).max() <= 1e-5 * np.abs(reference).max()
 
 
+@pytest.mark.parametrize("rows", ["one-hot", "top-1", "mixed", "dense"])
+@pytest.mark.parametrize("kernel,stride", [(1, 1), (3, 1), (3, 2)])  # Conv / ConvTranspose
+def test_class_map_head_transposes_only_seeded_classes(rows, kernel, stride):
+    """SqueezeNet's head, score = Flatten(GlobalAveragePool(Relu(Conv(x)))) with one map per
+    class: the Conv's input gradient gathers the kernels of the classes some seed row selects
+    (an all-zero row: its top-1 class) and matches torch's float64 autograd for one-hot, top-1,
+    mixed and dense seeds."""
+    import torch
+
+    rng = np.random.default_rng(6)
+    classes, x = 10, rng.standard_normal((3, 16, 5, 6)).astype(np.float32)
+    w = (rng.standard_normal((classes, 16, kernel, kernel)) / 6).astype(np.float32)
+    pad, elem = kernel // 2, TensorProto.FLOAT
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[pad] * 4, strides=[stride] * 2),
+         helper.make_node("Relu", ["c"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+         helper.make_node("Flatten", ["p"], ["y"])],
+        "head", [helper.make_tensor_value_info("x", elem, ["N", 16, 5, 6])],
+        [helper.make_tensor_value_info("y", elem, ["N", classes])],
+        initializer=[numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    augmented = augment_model(model, layers=["r"])
+    gathered = [n for n in augmented.graph.node if n.op_type == "Gather" and "w" in n.input]
+    assert len(gathered) == 1
+    seed = {"one-hot": np.eye(classes)[[2, 7, 2]], "top-1": np.zeros((3, classes)),
+            "mixed": np.eye(classes)[[4, 0, 0]] * [[1.0], [0.0], [-2.5]],
+            "dense": rng.standard_normal((3, classes))}[rows].astype(np.float32)
+    got, layer_grad = session(augmented).run(["swag.grad.x", "swag.grad.r"],
+                                             {"x": x, "swag.seed": seed})
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    maps = torch.relu(torch.nn.functional.conv2d(xt, torch.tensor(w, dtype=torch.float64),
+                                                 padding=pad, stride=stride))
+    scores = maps.mean((2, 3))
+    effective = torch.tensor(seed, dtype=torch.float64)
+    empty = effective.abs().sum(1) == 0
+    effective[empty] = torch.nn.functional.one_hot(scores.argmax(1), classes)[empty].double()
+    (scores * effective).sum().backward()
+    np.testing.assert_allclose(got, xt.grad.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(layer_grad, np.broadcast_to(
+        effective.numpy()[:, :, None, None] / maps[0, 0].numel(), layer_grad.shape), rtol=1e-6)
+
+
 @pytest.mark.parametrize("op", ["ReduceMax", "ReduceMin"])
 @pytest.mark.parametrize("keepdims", [0, 1])
 def test_reduce_extremum(op, keepdims):
@@ -387,6 +430,49 @@ def test_max_pool_float16_argmax_route_as_torch():
     seed_rows = rng.integers(1, 2**6, (1, width)).astype(np.float16)
     got = _float32_input_grad(model, x, seed_rows)
     assert np.array_equal(got.astype(np.float64), _torch_max_pool_grad(x, attrs, seed_rows))
+
+
+@pytest.mark.parametrize("channels", [16, 6])  # blocked masks and not
+@pytest.mark.parametrize("concat", [False, True])
+def test_relu_mask_applied_at_the_pool(concat, channels):
+    """Conv -> Relu -> MaxPool 3x3/2 (ceil) and Relu outputs -> Concat -> MaxPool (SqueezeNet's
+    fire modules): the Relu's gradient mask is applied to the pooled dY (no mask reads a Relu
+    output); the input gradient equals, bit for bit, the one of the same model augmented with the
+    Relu outputs requested as layers (masks where they were), and torch's float64 autograd. The
+    input holds small integers, so windows tie, at 0 (all negative) included."""
+    import torch
+
+    halves = [list(range(channels // 2)), list(range(channels // 2, channels))] if concat else [None]
+    nodes, inits, relus = [], [], []
+    for i, rows in enumerate(halves):
+        eye = np.eye(channels, dtype=np.float32)[rows if rows else slice(None), :, None, None]
+        inits.append(numpy_helper.from_array(eye, f"w{i}"))
+        nodes += [helper.make_node("Conv", ["x", f"w{i}"], [f"c{i}"]),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
+        relus.append(f"r{i}")
+    if concat:
+        nodes.append(helper.make_node("Concat", relus, ["r"], axis=1))
+    nodes += [helper.make_node("MaxPool", ["r" if concat else "r0"], ["p"], kernel_shape=[3, 3],
+                               strides=[2, 2], ceil_mode=1),
+              helper.make_node("Flatten", ["p"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", channels, 9, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    moved, kept = augment_model(model), augment_model(model, layers=relus)
+    mask_inputs = {i for n in moved.graph.node if n.name.startswith("swag/")
+                   and n.op_type in ("BatchNormalization", "Greater") for i in n.input}
+    assert "p" in mask_inputs and not mask_inputs & set(relus)
+    rng = np.random.default_rng(5)
+    x = rng.integers(-2, 3, (2, channels, 9, 8)).astype(np.float32)
+    seed = rng.standard_normal((2, channels * 4 * 4)).astype(np.float32)  # 4x4 windows
+    got = session(moved).run(["swag.grad.x"], {"x": x, "swag.seed": seed})[0]
+    assert np.array_equal(got, session(kept).run(["swag.grad.x"], {"x": x, "swag.seed": seed})[0])
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    pooled = torch.nn.functional.max_pool2d(torch.relu(xt), 3, 2, ceil_mode=True)
+    (pooled.flatten(1) * torch.tensor(seed, dtype=torch.float64)).sum().backward()
+    np.testing.assert_allclose(got, xt.grad.numpy(), rtol=1e-6, atol=1e-6)
 
 
 def _identity_conv_then(op, inputs, channels):

@@ -27,10 +27,11 @@ from onnx import helper
 
 from swag_onnx.errors import BadModelError, BadOptionError, UnsupportedOpsError
 from swag_onnx.graph import analysis
-from swag_onnx.graph.emitter import Emitter
+from swag_onnx.graph.emitter import Emitter, wiring
 from swag_onnx.graph.model_io import load_model, save_model_atomic
 from swag_onnx.graph.rules import NON_DIFFERENTIABLE, RULES, supported_ops
 from swag_onnx.graph.rules.activations import affine, hard_swish_grad
+from swag_onnx.graph.rules.pooling import relu_masks_at_pools
 from swag_onnx.graph.rules.quantization import as_qdq
 
 SEED = "swag.seed"
@@ -159,8 +160,10 @@ def _backward(g: Emitter, nodes, relevant: set[str], info, keep=frozenset()) -> 
     seed = _effective_seed(g, score, info.image_input, info.num_classes)
     seed = seed if g.rank(score) == 2 else g.reshape_like(seed, score)
     pending: dict[str, list[str]] = {score: [seed]}
+    g.seed, g.class_maps = seed, _class_maps(g, nodes, score)
     done: dict[str, str] = {}
     swish = _swish_nodes(nodes, set(keep))
+    g.relu_masks_at_pools, g.pools_applying_relu_masks = relu_masks_at_pools(nodes, set(keep))
     for node in reversed(analysis.path_nodes(nodes, relevant)):
         dys = [_collect(g, pending, done, o) for o in node.outputs]
         if all(d is None for d in dys) or node.op in NON_DIFFERENTIABLE:
@@ -178,15 +181,40 @@ def _backward(g: Emitter, nodes, relevant: set[str], info, keep=frozenset()) -> 
     return done
 
 
+# ops whose input gradient is zero on the channels (axis 1) where their output gradient is,
+# when input and output have the same channel count
+_CHANNEL_WISE = frozenset({"Relu", "Identity", "Dropout", "GlobalAveragePool", "GlobalMaxPool",
+                           "Flatten", "Reshape", "Squeeze"})
+
+
+def _class_maps(g: Emitter, nodes, score: str) -> set[str]:
+    """The tensors [N, K, ...] from which the score [N, K] follows channel by channel, each read
+    once (SqueezeNet's head: class maps = Relu(Conv 1x1) -> GlobalAveragePool -> Flatten):
+    their gradient is zero outside the seed's classes, so the Conv producing the first of them
+    transposes only those classes' kernels (Conv rule)."""
+    shape = g.shape(score)
+    if shape is None or len(shape) != 2 or not shape[1] or shape[1] < 2:
+        return set()
+    readers, producers = wiring(nodes)
+    found, name = set(), score
+    while name in producers:
+        node = producers[name]
+        x = node.inputs[0] if node.inputs else ""
+        x_shape = g.shape(x)
+        if (node.op not in _CHANNEL_WISE or node.domain or readers.get(x) != 1
+                or x_shape is None or len(x_shape) < 2 or x_shape[1] != shape[1]):
+            break
+        found.add(x)
+        name = x
+    return found
+
+
 def _swish_nodes(nodes, keep: set[str]) -> dict:
     """Mul nodes computing y = x * gate(x), gate a Sigmoid (SiLU / swish as torch exports it) or
     HardSigmoid(alpha 1/6, beta 1/2) (HardSwish, see _expand_hard_swish), whose gate output is
     read by that Mul only and is not in `keep`: y -> (x, gate output, its gradient function
     (g, dy, gate, x, y) -> dx)."""
-    readers: dict[str, int] = {}
-    for node in nodes:
-        for name in node.inputs:
-            readers[name] = readers.get(name, 0) + 1
+    readers, _ = wiring(nodes)
     gates = {n.outputs[0]: (n.inputs[0], _GATES[n.op][1]) for n in nodes
              if n.op in _GATES and not n.domain and _GATES[n.op][0](n)}
     found = {}

@@ -53,6 +53,16 @@ class Node:
         return self.inputs[i] if i < len(self.inputs) else ""
 
 
+def wiring(nodes: list[Node]) -> tuple[dict[str, int], dict[str, Node]]:
+    """(tensor -> number of node inputs reading it, tensor -> the node producing it)."""
+    readers: dict[str, int] = {}
+    for node in nodes:
+        for name in node.inputs:
+            readers[name] = readers.get(name, 0) + 1
+    return readers, {o: node for node in nodes for o in node.outputs}
+
+
+
 class Emitter:
     """Collects the nodes and initializers of the backward graph.
 
@@ -68,6 +78,15 @@ class Emitter:
         self._counter = 0
         self._const_cache: dict[tuple, str] = {}
         self.unexpanded: set[str] = set()  # gradient terms to broadcast where they are summed
+        # Relu outputs whose mask the MaxPool they feed applies to its dY instead, and those
+        # MaxPools' outputs (see pooling.relu_masks_at_pools)
+        self.relu_masks_at_pools: set[str] = set()
+        self.pools_applying_relu_masks: set[str] = set()
+        # forward tensors [N, K, ...] whose gradient is zero outside the classes (axis 1) that
+        # the seed selects, and the effective seed [N, K] (see augment._class_maps)
+        self.class_maps: set[str] = set()
+        self.seed: str | None = None
+        self._seed_classes: str | None = None
         self._shapes: dict[str, Shape] = {}
         self._dtypes: dict[str, int] = {}
         self._values: dict[str, np.ndarray] = {}
@@ -210,6 +229,14 @@ class Emitter:
         term is full-size) then never writes and re-reads its pool's expanded gradient."""
         self.unexpanded.add(x)
         return x
+
+    def seed_classes(self) -> str:
+        """int64 [k]: the classes whose seed is nonzero in some row (emitted once)."""
+        if self._seed_classes is None:
+            used = self.reduce_sum(self.op("Abs", self.seed), [0], keepdims=False)  # [K]
+            used = self.op("Cast", used, to=onnx.TensorProto.BOOL)  # NonZero has no double kernel
+            self._seed_classes = self.op("Reshape", self.op("NonZero", used), self.ints([-1]))
+        return self._seed_classes
 
     def zeros_like(self, like: str) -> str:
         zero = numpy_helper.from_array(

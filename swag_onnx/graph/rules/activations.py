@@ -12,9 +12,17 @@ from swag_onnx.graph.rules import rule
 @rule("Relu")
 def relu(g, n, dys, needs):
     y = n.outputs[0]
+    if y in g.relu_masks_at_pools:  # the MaxPool reading y masks its own (smaller) dY
+        return [dys[0]]
+    return [relu_grad(g, dys[0], y)]
+
+
+def relu_grad(g, dy: str, y: str) -> str:
+    """dy * [y > 0] for y = Relu(x) [N, C, ...] (also for y the max-pool of a Relu's output:
+    see pooling.relu_masks_at_pools)."""
     if g.blocked(y):
-        return [g.op("Mul", dys[0], _inside_mask(g, y, 0.0, None))]
-    return [g.op("Mul", dys[0], g.mask(g.op("Greater", y, g.scalar_like(0.0, y)), y))]
+        return g.op("Mul", dy, _inside_mask(g, y, 0.0, None))
+    return g.op("Mul", dy, g.mask(g.op("Greater", y, g.scalar_like(0.0, y)), y))
 
 
 # Masks of blocked float32 maps. onnxruntime runs convolutions on CPUs in a blocked channel
