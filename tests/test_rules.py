@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 from hypothesis import assume, given, settings, strategies as st
 from onnx import TensorProto, helper, numpy_helper
@@ -78,6 +80,91 @@ def test_batch_norm():
     inputs = [RNG.uniform(0.5, 2, c), RNG.standard_normal(c), RNG.standard_normal(c),
               RNG.uniform(0.5, 2, c)]
     assert_vjp("BatchNormalization", X4, inputs, {"epsilon": 1e-3})
+
+
+def _densenet_transition(batch: str):
+    """x [batch, 16, 8, 8] -> BatchNormalization -> Relu -> 1x1 Conv -> AveragePool 2x2/2 ->
+    Relu -> Flatten (DenseNet's transition, pre-activation), float32 with random weights."""
+    rng = np.random.default_rng(8)
+    stats = [rng.uniform(0.5, 2, 16), rng.standard_normal(16), rng.standard_normal(16),
+             rng.uniform(0.5, 2, 16)]
+    inits = [numpy_helper.from_array(v.astype(np.float32), name)
+             for v, name in zip(stats, ["scale", "bias", "mean", "var"])]
+    inits.append(numpy_helper.from_array(
+        (rng.standard_normal((16, 16, 1, 1)) / 4).astype(np.float32), "w"))
+    graph = helper.make_graph(
+        [helper.make_node("BatchNormalization", ["x", "scale", "bias", "mean", "var"], ["n"],
+                          epsilon=1e-3),
+         helper.make_node("Relu", ["n"], ["r"]), helper.make_node("Conv", ["r", "w"], ["c"]),
+         helper.make_node("AveragePool", ["c"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+         helper.make_node("Relu", ["p"], ["q"]), helper.make_node("Flatten", ["q"], ["y"])],
+        "transition", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 16, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 256])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model, stats
+
+
+def test_blocked_backward_keeps_the_symbolic_batch(tmp_path):
+    """onnxruntime keeps a backward Mul in its blocked layout only when it can prove both
+    operands' shapes equal, symbolic batch included: the seed's batch takes the image's name
+    (here "batch_size"), AveragePool's backward keeps the batch (no [N*C, ...] reshape), so that
+    after onnxruntime's constant folding ONNX shape inference gives the input gradient the
+    image's batch name; a blocked BatchNormalization's gradient is a per-channel affine
+    BatchNormalization (no Mul by a [C, 1, 1] constant); the gradient is torch's (float64)."""
+    import torch
+
+    model, (scale, bias, mean, var) = _densenet_transition("batch_size")
+    augmented = augment_model(model)
+    seed_batch = [i for i in augmented.graph.input if i.name == "swag.seed"][0]
+    assert seed_batch.type.tensor_type.shape.dim[0].dim_param == "batch_size"
+    backward = [n for n in augmented.graph.node if n.name.startswith("swag/")]
+    assert "Sqrt" not in {n.op_type for n in backward}  # scale / std folded in
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(tmp_path / "folded.onnx")
+    ort.InferenceSession(augmented.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    folded = onnx.load(tmp_path / "folded.onnx")
+    del folded.graph.value_info[:]
+    inferred = onnx.shape_inference.infer_shapes(folded, data_prop=True)
+    grad = [n.input[0] for n in inferred.graph.node if n.output[0] == "swag.grad.x"][0]
+    dims = {v.name: v.type.tensor_type.shape.dim for v in inferred.graph.value_info}[grad]
+    assert dims[0].dim_param == "batch_size"
+
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 16, 8, 8)).astype(np.float32)
+    seed = rng.standard_normal((2, 256)).astype(np.float32)
+    got = session(augmented).run(["swag.grad.x"], {"x": x, "swag.seed": seed})[0]
+    w = numpy_helper.to_array([i for i in model.graph.initializer if i.name == "w"][0])
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    t = [torch.tensor(v, dtype=torch.float64) for v in (scale, bias, mean, var)]
+    normed = torch.nn.functional.batch_norm(xt, t[2], t[3], t[0], t[1], eps=1e-3)
+    conv = torch.nn.functional.conv2d(torch.relu(normed), torch.tensor(w, dtype=torch.float64))
+    out = torch.relu(torch.nn.functional.avg_pool2d(conv, 2)).flatten(1)
+    (out * torch.tensor(seed, dtype=torch.float64)).sum().backward()
+    np.testing.assert_allclose(got, xt.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_blocked_batch_norm_gradient_follows_an_overridden_scale():
+    """With weights=True the BatchNormalization's scale is an input a run may override: its
+    backward reads the fed scale instead of folding the initializer's value."""
+    import torch
+
+    model, (scale, bias, mean, var) = _densenet_transition("N")
+    augmented = augment_model(model, weights=True)
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((2, 16, 8, 8)).astype(np.float32)
+    seed = rng.standard_normal((2, 256)).astype(np.float32)
+    fed = (scale * rng.uniform(-2, 2, 16)).astype(np.float32)
+    got = session(augmented).run(["swag.grad.x"], {"x": x, "swag.seed": seed, "scale": fed})[0]
+    w = numpy_helper.to_array([i for i in model.graph.initializer if i.name == "w"][0])
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    t = [torch.tensor(v, dtype=torch.float64) for v in (fed, bias, mean, var)]
+    normed = torch.nn.functional.batch_norm(xt, t[2], t[3], t[0], t[1], eps=1e-3)
+    conv = torch.nn.functional.conv2d(torch.relu(normed), torch.tensor(w, dtype=torch.float64))
+    out = torch.relu(torch.nn.functional.avg_pool2d(conv, 2)).flatten(1)
+    (out * torch.tensor(seed, dtype=torch.float64)).sum().backward()
+    np.testing.assert_allclose(got, xt.grad.numpy(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("axis", [-1, 1, 2])

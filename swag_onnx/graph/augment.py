@@ -124,6 +124,7 @@ def augment_model(model: onnx.ModelProto, layers=(), score: str | None = None,
         nodes, relevant = analysis.nodes_of(model, facts.opset), relevant - folded
     g = Emitter(model, _all_names(model))
     params = parameters(model, analysis.path_nodes(nodes, relevant), g) if weights else []
+    g.parameters = set(params)
     grads = _backward(g, nodes, relevant | set(params), info,
                       set(layer_names) | {o.name for o in model.graph.output})
     _attach(model, g, info, layer_names, grads, [p for p in params if p in grads])
@@ -318,12 +319,23 @@ def _value_info(g: Emitter, name: str, like: str):
     return helper.make_tensor_value_info(name, g.dtype(like) or onnx.TensorProto.FLOAT, dims)
 
 
+def _batch_name(model: onnx.ModelProto, info) -> str:
+    """The symbolic name of the image input's batch dimension ("N" when it has none). The seed
+    shares it: onnxruntime keeps a backward Mul in its blocked layout only when it can prove
+    both operands' shapes equal, and a seed batch named otherwise (a model exported with
+    "batch_size") left every mask Mul of DenseNet-121 unblocked, two layout conversions each."""
+    for value in model.graph.input:
+        if value.name == info.image_input and value.type.tensor_type.shape.dim:
+            return value.type.tensor_type.shape.dim[0].dim_param or "N"
+    return "N"
+
+
 def _attach(model, g: Emitter, info, layer_names: list[str], grads: dict[str, str],
             params: list[str]) -> None:
     """Wire the seed input, the new outputs and the contract metadata into the model."""
     graph = model.graph
     score_shape = g.shape(info.score)
-    batch = score_shape[0] if score_shape and score_shape[0] is not None else "N"
+    batch = score_shape[0] if score_shape and score_shape[0] is not None else _batch_name(model, info)
     graph.input.append(helper.make_tensor_value_info(
         SEED, g.dtype(info.image_input) or onnx.TensorProto.FLOAT, [batch, info.num_classes]))
     outputs = [(SCORE, info.score, info.score)]

@@ -91,6 +91,8 @@ class Emitter:
         self._dtypes: dict[str, int] = {}
         self._values: dict[str, np.ndarray] = {}
         self._constants: dict[str, onnx.TensorProto] = {}
+        self._aliases: dict[str, str] = {}  # Identity output -> the initializer it copies
+        self.parameters: set[str] = set()  # initializers that become overridable inputs
         self._read_types(model)
 
     # ----- facts about forward tensors -------------------------------------------------------
@@ -110,8 +112,13 @@ class Emitter:
             self._shapes[init.name] = tuple(init.dims)
             self._constants[init.name] = init
         for node in g.node:
+            tensor = None
             if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
                 tensor = node.attribute[0].t
+            elif node.op_type == "Identity" and node.input[0] in self._constants:
+                tensor = self._constants[node.input[0]]  # torch's export shares equal weights so
+                self._aliases[node.output[0]] = self._aliases.get(node.input[0], node.input[0])
+            if tensor is not None:
                 self._constants[node.output[0]] = tensor
                 self._dtypes[node.output[0]] = tensor.data_type
                 self._shapes[node.output[0]] = tuple(tensor.dims)
@@ -130,7 +137,10 @@ class Emitter:
         return self._dtypes.get(name)
 
     def value(self, name: str) -> np.ndarray | None:
-        """Value of a constant tensor (initializer or Constant node), else None."""
+        """Value of a constant tensor (initializer, Constant node, or an Identity of one), else
+        None; None also for parameters (and their Identity copies) that a run may override."""
+        if name in self.parameters or self._aliases.get(name) in self.parameters:
+            return None
         if name not in self._values:
             if name not in self._constants:
                 return None

@@ -35,12 +35,13 @@ _TINY = float(np.finfo(np.float32).tiny)  # the smallest normal float32
 _MAX_SCALE = 2.0 ** 100  # larger scales could overflow S * w in _inside_mask
 
 
-def affine(g, x, channels: int, scale: float, bias: float) -> str:
-    """scale * x + bias for x [N, channels, H, W], as a BatchNormalization (mean 0, variance 1,
-    epsilon 0: one rounding of the exact value) that onnxruntime runs blocked."""
+def affine(g, x, channels: int, scale, bias) -> str:
+    """scale * x + bias for x [N, channels, H, W] (scale, bias: numbers or [channels] arrays),
+    as a BatchNormalization (mean 0, variance 1, epsilon 0: one rounding of the exact value)
+    that onnxruntime runs blocked."""
 
     def full(v):
-        return g.const(np.full(channels, v, np.float32))
+        return g.const(np.broadcast_to(np.asarray(v, np.float32), (channels,)))
 
     return g.op("BatchNormalization", x, full(scale), full(bias), full(0.0), full(1.0),
                 epsilon=0.0)

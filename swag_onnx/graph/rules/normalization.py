@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from swag_onnx.graph.rules import rule
+from swag_onnx.graph.rules.activations import affine
 
 
 def _bn_check(g, n):
@@ -23,8 +24,16 @@ def batch_norm(g, n, dys, needs):
     # meta-saliency)
     x, scale, _, mean, var = n.inputs[:5]
     per_channel = g.ints([-1] + [1] * (g.rank(x) - 2))
-    std = g.op("Sqrt", g.op("Add", var, g.scalar_like(n.attrs["epsilon"], x)))
     grads = [None] * len(n.inputs)
+    factor = _static_factor(g, n)
+    if needs[0] and factor is not None and g.blocked(x):
+        # dY * scale / std as a blocked per-channel affine map (a Mul by a [C, 1, 1] constant
+        # runs unblocked: DenseNet's 58 pre-activation norms, two layout conversions each)
+        grads[0] = affine(g, dys[0], len(factor), factor, 0.0)
+        needs = [False] + list(needs[1:])
+    if not any(needs):
+        return grads
+    std = g.op("Sqrt", g.op("Add", var, g.scalar_like(n.attrs["epsilon"], x)))
     if needs[0]:
         grads[0] = g.op("Mul", dys[0], g.op("Reshape", g.op("Div", scale, std), per_channel))
     reduce_axes = [0] + list(range(2, g.rank(x)))
@@ -35,6 +44,15 @@ def batch_norm(g, n, dys, needs):
     if needs[2]:
         grads[2] = g.reduce_sum(dys[0], reduce_axes, keepdims=False)
     return grads
+
+
+def _static_factor(g, n):
+    """scale / sqrt(var + epsilon) [C] of a BatchNormalization whose scale and variance are
+    constants (computed in float32, as onnxruntime folds the same ops), else None."""
+    scale, var = g.value(n.inputs[1]), g.value(n.inputs[4])
+    if scale is None or var is None or scale.dtype != np.float32 or var.dtype != np.float32:
+        return None
+    return scale / np.sqrt(var + np.float32(n.attrs["epsilon"]))
 
 
 def _layer_norm_check(g, n):

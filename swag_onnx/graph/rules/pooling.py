@@ -54,21 +54,29 @@ def _pool_check(g, n):
 
 
 def _spread_windows(g, n, per_offset, kernel_weights, geometry):
-    """ConvTranspose [N*C, K, y...] -> [N, C, x...]: add each window's values back in place.
-    onnxruntime has no float64 ConvTranspose, so double models spread in float32."""
+    """[N, C, K, y...] (or [N, C, y...] for K = 1) -> [N, C, x...]: add each window's values
+    back in place, by one ConvTranspose with a group per channel (kernel_weights [K, 1, k...]
+    repeated C times), which keeps the batch dimension as it is: onnxruntime then still proves
+    the gradient's shape equal to the forward maps', so the backward Muls stay blocked (the
+    former [N*C, K, y...] reshape lost it: every DenseNet mask after its first transition ran
+    unblocked). onnxruntime has no float64 ConvTranspose, so double models spread in float32."""
     x_sizes, kernel, strides, dilations, pads, y_sizes, tails = geometry
     rank = len(kernel)
-    flat = g.op("Reshape", per_offset, g.ints([-1, kernel_weights.shape[0]] + y_sizes))
+    channels, taps = g.shape(n.inputs[0])[1], kernel_weights.shape[0]
+    grouped = per_offset
+    if taps > 1:
+        grouped = g.op("Reshape", per_offset, g.ints([0, channels * taps] + y_sizes))
     double = g.dtype(n.inputs[0]) == onnx.TensorProto.DOUBLE
     if double:
-        flat = g.op("Cast", flat, to=onnx.TensorProto.FLOAT)
+        grouped = g.op("Cast", grouped, to=onnx.TensorProto.FLOAT)
     dtype = np.float32 if double else helper.tensor_dtype_to_np_dtype(g.dtype(n.inputs[0]) or 1)
-    spread = g.op("ConvTranspose", flat, g.const(kernel_weights, dtype), strides=strides,
+    weights = np.tile(kernel_weights, [channels] + [1] * (rank + 1))
+    spread = g.op("ConvTranspose", grouped, g.const(weights, dtype), strides=strides,
                   dilations=dilations, pads=pads[:rank] + [max(t, 0) for t in tails],
-                  output_padding=[max(-t, 0) for t in tails])
+                  output_padding=[max(-t, 0) for t in tails], group=channels)
     if double:
         spread = g.op("Cast", spread, to=onnx.TensorProto.DOUBLE)
-    return g.reshape_like(spread, n.inputs[0])
+    return spread
 
 
 SCATTER_MIN_OPSET = 16  # ScatterElements(reduction="add") exists from opset 16
