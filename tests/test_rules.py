@@ -520,13 +520,14 @@ def test_max_pool_float16_argmax_route_as_torch():
 
 
 @pytest.mark.parametrize("channels", [16, 6])  # blocked masks and not
-@pytest.mark.parametrize("concat", [False, True])
-def test_relu_mask_applied_at_the_pool(concat, channels):
-    """Conv -> Relu -> MaxPool 3x3/2 (ceil) and Relu outputs -> Concat -> MaxPool (SqueezeNet's
-    fire modules): the Relu's gradient mask is applied to the pooled dY (no mask reads a Relu
-    output); the input gradient equals, bit for bit, the one of the same model augmented with the
-    Relu outputs requested as layers (masks where they were), and torch's float64 autograd. The
-    input holds small integers, so windows tie, at 0 (all negative) included."""
+@pytest.mark.parametrize("concat,pool", [(False, True), (True, True), (True, False)])
+def test_relu_mask_moved_to_pool_or_concat(concat, pool, channels):
+    """Conv -> Relu -> MaxPool 3x3/2 (ceil), Relu outputs -> Concat -> MaxPool (SqueezeNet's
+    fire modules) and Relu outputs -> Concat read twice (GoogLeNet's inception modules): the
+    Relu's gradient mask is applied to the pooled or concatenated dY (no mask reads a Relu
+    output); the input gradient equals, bit for bit, the one of the same model augmented with
+    the Relu outputs requested as layers (masks where they were), and torch's float64 autograd.
+    The input holds small integers, so windows tie, at 0 (all negative) included."""
     import torch
 
     halves = [list(range(channels // 2)), list(range(channels // 2, channels))] if concat else [None]
@@ -539,9 +540,13 @@ def test_relu_mask_applied_at_the_pool(concat, channels):
         relus.append(f"r{i}")
     if concat:
         nodes.append(helper.make_node("Concat", relus, ["r"], axis=1))
-    nodes += [helper.make_node("MaxPool", ["r" if concat else "r0"], ["p"], kernel_shape=[3, 3],
-                               strides=[2, 2], ceil_mode=1),
-              helper.make_node("Flatten", ["p"], ["y"])]
+    carrier = "p" if pool else "r"
+    if pool:
+        nodes.append(helper.make_node("MaxPool", ["r" if concat else "r0"], ["p"],
+                                      kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1))
+    else:  # read twice: the mask applies to the sum of both readers' gradients
+        nodes += [helper.make_node("Mul", ["r", "r"], ["p"])]
+    nodes.append(helper.make_node("Flatten", ["p"], ["y"]))
     graph = helper.make_graph(
         nodes, "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", channels, 9, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=inits)
@@ -550,15 +555,17 @@ def test_relu_mask_applied_at_the_pool(concat, channels):
     moved, kept = augment_model(model), augment_model(model, layers=relus)
     mask_inputs = {i for n in moved.graph.node if n.name.startswith("swag/")
                    and n.op_type in ("BatchNormalization", "Greater") for i in n.input}
-    assert "p" in mask_inputs and not mask_inputs & set(relus)
+    assert carrier in mask_inputs and not mask_inputs & set(relus)
     rng = np.random.default_rng(5)
     x = rng.integers(-2, 3, (2, channels, 9, 8)).astype(np.float32)
-    seed = rng.standard_normal((2, channels * 4 * 4)).astype(np.float32)  # 4x4 windows
+    width = channels * (4 * 4 if pool else 9 * 8)  # 4x4 windows
+    seed = rng.standard_normal((2, width)).astype(np.float32)
     got = session(moved).run(["swag.grad.x"], {"x": x, "swag.seed": seed})[0]
     assert np.array_equal(got, session(kept).run(["swag.grad.x"], {"x": x, "swag.seed": seed})[0])
     xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
-    pooled = torch.nn.functional.max_pool2d(torch.relu(xt), 3, 2, ceil_mode=True)
-    (pooled.flatten(1) * torch.tensor(seed, dtype=torch.float64)).sum().backward()
+    out = torch.relu(xt)
+    out = torch.nn.functional.max_pool2d(out, 3, 2, ceil_mode=True) if pool else out * out
+    (out.flatten(1) * torch.tensor(seed, dtype=torch.float64)).sum().backward()
     np.testing.assert_allclose(got, xt.grad.numpy(), rtol=1e-6, atol=1e-6)
 
 

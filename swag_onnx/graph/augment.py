@@ -30,8 +30,7 @@ from swag_onnx.graph import analysis
 from swag_onnx.graph.emitter import Emitter, wiring
 from swag_onnx.graph.model_io import load_model, save_model_atomic
 from swag_onnx.graph.rules import NON_DIFFERENTIABLE, RULES, supported_ops
-from swag_onnx.graph.rules.activations import affine, hard_swish_grad
-from swag_onnx.graph.rules.pooling import relu_masks_at_pools
+from swag_onnx.graph.rules.activations import affine, hard_swish_grad, relu_mask_carriers
 from swag_onnx.graph.rules.quantization import as_qdq
 
 SEED = "swag.seed"
@@ -164,7 +163,7 @@ def _backward(g: Emitter, nodes, relevant: set[str], info, keep=frozenset()) -> 
     g.seed, g.class_maps = seed, _class_maps(g, nodes, score)
     done: dict[str, str] = {}
     swish = _swish_nodes(nodes, set(keep))
-    g.relu_masks_at_pools, g.pools_applying_relu_masks = relu_masks_at_pools(nodes, set(keep))
+    g.relu_masks_moved, g.relu_mask_carriers = relu_mask_carriers(nodes, set(keep))
     for node in reversed(analysis.path_nodes(nodes, relevant)):
         dys = [_collect(g, pending, done, o) for o in node.outputs]
         if all(d is None for d in dys) or node.op in NON_DIFFERENTIABLE:

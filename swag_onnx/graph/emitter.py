@@ -78,10 +78,10 @@ class Emitter:
         self._counter = 0
         self._const_cache: dict[tuple, str] = {}
         self.unexpanded: set[str] = set()  # gradient terms to broadcast where they are summed
-        # Relu outputs whose mask the MaxPool they feed applies to its dY instead, and those
-        # MaxPools' outputs (see pooling.relu_masks_at_pools)
-        self.relu_masks_at_pools: set[str] = set()
-        self.pools_applying_relu_masks: set[str] = set()
+        # Relu outputs whose mask the MaxPool or Concat reading them applies to its dY instead,
+        # and those nodes' outputs (see activations.relu_mask_carriers)
+        self.relu_masks_moved: set[str] = set()
+        self.relu_mask_carriers: set[str] = set()
         # forward tensors [N, K, ...] whose gradient is zero outside the classes (axis 1) that
         # the seed selects, and the effective seed [N, K] (see augment._class_maps)
         self.class_maps: set[str] = set()

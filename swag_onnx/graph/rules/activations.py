@@ -6,23 +6,63 @@ import math
 
 import numpy as np
 
+from swag_onnx.graph.emitter import wiring
 from swag_onnx.graph.rules import rule
 
 
 @rule("Relu")
 def relu(g, n, dys, needs):
     y = n.outputs[0]
-    if y in g.relu_masks_at_pools:  # the MaxPool reading y masks its own (smaller) dY
+    if y in g.relu_masks_moved:  # the MaxPool or Concat reading y masks its own dY
         return [dys[0]]
     return [relu_grad(g, dys[0], y)]
 
 
 def relu_grad(g, dy: str, y: str) -> str:
-    """dy * [y > 0] for y = Relu(x) [N, C, ...] (also for y the max-pool of a Relu's output:
-    see pooling.relu_masks_at_pools)."""
+    """dy * [y > 0] for y = Relu(x) [N, C, ...] (also for y a MaxPool or Concat of Relu
+    outputs: see relu_mask_carriers)."""
     if g.blocked(y):
         return g.op("Mul", dy, _inside_mask(g, y, 0.0, None))
     return g.op("Mul", dy, g.mask(g.op("Greater", y, g.scalar_like(0.0, y)), y))
+
+
+def relu_mask_carriers(nodes, keep: set[str]) -> tuple[set[str], set[str]]:
+    """Relu outputs whose gradient mask moves to the node reading them, and the outputs of
+    those nodes, whose rules apply the mask [y > 0] to their own dY: a MaxPool whose input is
+    a Relu's output, or a Concat of Relu outputs that is read by a MaxPool alone (SqueezeNet's
+    fire modules), and any other Concat of Relu outputs (GoogLeNet's inception modules), every
+    moved Relu output read by that node alone and none in `keep`.
+
+    Relu commutes with both (a window's maximum is positive exactly when the element it routes
+    dY to is; a Concat's parts are its slices), so the moved mask equals the Relu's bit for
+    bit. A pool's runs on a map stride**2 times smaller (SqueezeNet's first: 64x55x55, not
+    64x111x111); a Concat's runs on the whole map in onnxruntime's blocked layout, which the
+    Split of its gradient leaves (GoogLeNet: 4 layout conversions per inception module)."""
+    readers, producers = wiring(nodes)
+
+    def alone(name, op):  # produced by `op`, read once, its own gradient not requested
+        node = producers.get(name)
+        return (node is not None and node.op == op and not node.domain
+                and readers.get(name) == 1 and name not in keep)
+
+    def concatenated(node):  # the inputs of a Concat of Relu outputs each read by it alone
+        parts = list(node.inputs)
+        return parts if all(alone(part, "Relu") for part in parts) else None
+
+    def pooled(node):  # the Relu outputs a MaxPool reads, directly or through a Concat
+        x = node.inputs[0]
+        if alone(x, "Relu"):
+            return [x]
+        return concatenated(producers[x]) if alone(x, "Concat") else None
+
+    moved, carriers = set(), set()
+    for op, parts_of in (("MaxPool", pooled), ("Concat", concatenated)):  # pools first
+        for node in nodes:
+            parts = node.op == op and not node.domain and parts_of(node)
+            if parts and not moved & set(parts):
+                moved.update(parts)
+                carriers.add(node.outputs[0])
+    return moved, carriers
 
 
 # Masks of blocked float32 maps. onnxruntime runs convolutions on CPUs in a blocked channel

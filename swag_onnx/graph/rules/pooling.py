@@ -20,7 +20,6 @@ import onnx
 from onnx import helper
 
 from swag_onnx.graph import shapes
-from swag_onnx.graph.emitter import wiring
 from swag_onnx.graph.rules import rule
 from swag_onnx.graph.rules.activations import relu_grad
 
@@ -86,7 +85,7 @@ FORMULATION = "separable"  # "argmax": the Indices route for every dtype (tools/
 @rule("MaxPool", check=_pool_check)
 def max_pool(g, n, dys, needs):
     dy = dys[0]
-    if n.outputs[0] in g.pools_applying_relu_masks:
+    if n.outputs[0] in g.relu_mask_carriers:
         dy = relu_grad(g, dy, n.outputs[0])
     # Float16 keeps the argmax route it had: the one-axis route was timed in float32 only
     # (onnxruntime's CPU runs several of its float16 ops through inserted Casts).
@@ -105,37 +104,6 @@ def max_pool(g, n, dys, needs):
                       g.op("Reshape", dys[0], flat), axis=0, reduction="add")
         return [g.reshape_like(spread, n.inputs[0])]
     return [_max_pool_taps(g, n, dy, indices)]
-
-
-def relu_masks_at_pools(nodes, keep: set[str]) -> tuple[set[str], set[str]]:
-    """Relu outputs whose gradient mask can move to the MaxPool they feed, and those MaxPools'
-    outputs: a MaxPool whose input is read by it alone and is a Relu's output, or a Concat of
-    Relu outputs read by that Concat alone (SqueezeNet's fire modules), none in `keep`.
-
-    A window's maximum is positive exactly when the element it routes dY to is, and a Relu's
-    gradient vanishes at 0, so the mask [Y > 0] on the pooled dY equals the Relu's mask on
-    the routed one, bit for bit, on a map stride**2 times smaller (SqueezeNet's first pool:
-    64x55x55 instead of 64x111x111)."""
-    readers, producers = wiring(nodes)
-
-    def alone(name):
-        return readers.get(name) == 1 and name not in keep
-
-    def relu(name):
-        node = producers.get(name)
-        return node is not None and node.op == "Relu" and not node.domain and alone(name)
-
-    masks, pools = set(), set()
-    for node in nodes:
-        if node.op != "MaxPool" or node.domain or not alone(node.inputs[0]):
-            continue
-        z = producers.get(node.inputs[0])
-        concat = z is not None and z.op == "Concat" and not z.domain
-        parts = list(z.inputs) if concat else [node.inputs[0]]
-        if all(relu(part) for part in parts):
-            masks.update(parts)
-            pools.add(node.outputs[0])
-    return masks, pools
 
 
 def _ceil_window_outside(g, n):

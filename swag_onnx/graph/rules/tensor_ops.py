@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from swag_onnx.graph.rules import rule
+from swag_onnx.graph.rules.activations import relu_grad
 
 
 def _none_for_rest(grad, n):
@@ -42,8 +43,11 @@ def _dims(g, x, axes: list[int]) -> str:
 @rule("Concat")
 def concat(g, n, dys, needs):
     axis = n.attrs["axis"] % g.rank(n.outputs[0])
+    dy = dys[0]
+    if n.outputs[0] in g.relu_mask_carriers:  # the masks of the Relus it concatenates
+        dy = relu_grad(g, dy, n.outputs[0])
     sizes = g.op("Concat", *(_dims(g, x, [axis]) for x in n.inputs), axis=0)
-    parts = g.op("Split", dys[0], sizes, axis=axis, n_out=len(n.inputs))
+    parts = g.op("Split", dy, sizes, axis=axis, n_out=len(n.inputs))
     parts = parts if isinstance(parts, list) else [parts]
     return [p if need else None for p, need in zip(parts, needs)]
 
