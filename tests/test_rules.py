@@ -112,8 +112,6 @@ def test_blocked_backward_keeps_the_symbolic_batch(tmp_path):
     after onnxruntime's constant folding ONNX shape inference gives the input gradient the
     image's batch name; a blocked BatchNormalization's gradient is a per-channel affine
     BatchNormalization (no Mul by a [C, 1, 1] constant); the gradient is torch's (float64)."""
-    import torch
-
     model, (scale, bias, mean, var) = _densenet_transition("batch_size")
     augmented = augment_model(model)
     seed_batch = [i for i in augmented.graph.input if i.name == "swag.seed"][0]
@@ -135,21 +133,28 @@ def test_blocked_backward_keeps_the_symbolic_batch(tmp_path):
     x = rng.standard_normal((2, 16, 8, 8)).astype(np.float32)
     seed = rng.standard_normal((2, 256)).astype(np.float32)
     got = session(augmented).run(["swag.grad.x"], {"x": x, "swag.seed": seed})[0]
+    np.testing.assert_allclose(got, _transition_grad(model, x, seed, (scale, bias, mean, var)),
+                               rtol=1e-5, atol=1e-6)
+
+
+def _transition_grad(model, x, seed, stats):
+    """torch's float64 input gradient of _densenet_transition's model with BatchNormalization
+    statistics `stats` (scale, bias, mean, var)."""
+    import torch
+
     w = numpy_helper.to_array([i for i in model.graph.initializer if i.name == "w"][0])
     xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
-    t = [torch.tensor(v, dtype=torch.float64) for v in (scale, bias, mean, var)]
-    normed = torch.nn.functional.batch_norm(xt, t[2], t[3], t[0], t[1], eps=1e-3)
+    scale, bias, mean, var = (torch.tensor(v, dtype=torch.float64) for v in stats)
+    normed = torch.nn.functional.batch_norm(xt, mean, var, scale, bias, eps=1e-3)
     conv = torch.nn.functional.conv2d(torch.relu(normed), torch.tensor(w, dtype=torch.float64))
     out = torch.relu(torch.nn.functional.avg_pool2d(conv, 2)).flatten(1)
     (out * torch.tensor(seed, dtype=torch.float64)).sum().backward()
-    np.testing.assert_allclose(got, xt.grad.numpy(), rtol=1e-5, atol=1e-6)
+    return xt.grad.numpy()
 
 
 def test_blocked_batch_norm_gradient_follows_an_overridden_scale():
     """With weights=True the BatchNormalization's scale is an input a run may override: its
     backward reads the fed scale instead of folding the initializer's value."""
-    import torch
-
     model, (scale, bias, mean, var) = _densenet_transition("N")
     augmented = augment_model(model, weights=True)
     rng = np.random.default_rng(10)
@@ -157,14 +162,8 @@ def test_blocked_batch_norm_gradient_follows_an_overridden_scale():
     seed = rng.standard_normal((2, 256)).astype(np.float32)
     fed = (scale * rng.uniform(-2, 2, 16)).astype(np.float32)
     got = session(augmented).run(["swag.grad.x"], {"x": x, "swag.seed": seed, "scale": fed})[0]
-    w = numpy_helper.to_array([i for i in model.graph.initializer if i.name == "w"][0])
-    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
-    t = [torch.tensor(v, dtype=torch.float64) for v in (fed, bias, mean, var)]
-    normed = torch.nn.functional.batch_norm(xt, t[2], t[3], t[0], t[1], eps=1e-3)
-    conv = torch.nn.functional.conv2d(torch.relu(normed), torch.tensor(w, dtype=torch.float64))
-    out = torch.relu(torch.nn.functional.avg_pool2d(conv, 2)).flatten(1)
-    (out * torch.tensor(seed, dtype=torch.float64)).sum().backward()
-    np.testing.assert_allclose(got, xt.grad.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got, _transition_grad(model, x, seed, (fed, bias, mean, var)),
+                               rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("axis", [-1, 1, 2])

@@ -81,6 +81,11 @@ def parse_args() -> argparse.Namespace:
                         help="cpu: time each run by the CPU time of the calling thread, which "
                              "machine load does not inflate (needs --threads 1: both runtimes "
                              "then compute on the calling thread)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="time every network this many times, one network after the other "
+                             "in each round, and report each one's median over the rounds (the "
+                             "machine's load drifts over minutes: single ratios move +-20%% "
+                             "between runs)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="also print the N costliest op types of each augmented model "
                              "(onnxruntime's profiler; forward, backward, layout)")
@@ -160,13 +165,12 @@ def bench_deployed(repeats: int, clock=time.perf_counter) -> None:
             print(f"| {name} | {f:.2f} | {a:.2f} | {a / f:.2f}{verdict} |", flush=True)
 
 
-def prepare(name: str, workdir: Path, dynamo: bool):
-    """Build, export and augment one network; returns (torch net, original path, augmented path)."""
-    net = zoo.build(name)
-    path = zoo.export(net, SIZE, workdir / f"{name}.onnx", dynamo=dynamo)
+def prepare(name: str, workdir: Path, dynamo: bool) -> tuple[Path, Path]:
+    """Build, export and augment one network; returns (original path, augmented path)."""
+    path = zoo.export(zoo.build(name), SIZE, workdir / f"{name}.onnx", dynamo=dynamo)
     aug_path = workdir / f"{name}.aug.onnx"
     onnx.save(augment_model(onnx.load(path), layers=["auto"]), aug_path)
-    return net, path, aug_path
+    return path, aug_path
 
 
 def runners(net: torch.nn.Module, path: Path, aug_path: Path, x: np.ndarray, seed: np.ndarray):
@@ -211,17 +215,23 @@ def time_interleaved(funcs, repeats: int, clock=time.perf_counter) -> list[float
     return [float(np.median(s)) for s in samples]
 
 
-def bench(name: str, workdir: Path, repeats: int, dynamo: bool, clock) -> dict:
-    """All measurements for one network, as a row of the table."""
-    net, path, aug_path = prepare(name, workdir, dynamo)
+def bench(name: str, paths: tuple[Path, Path], repeats: int, clock) -> dict:
+    """One round of measurements for one network (exported and augmented at `paths`)."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, 3, SIZE, SIZE), dtype=np.float32)
     seed = np.zeros((1, CLASSES), np.float32)
     seed[0, int(rng.integers(CLASSES))] = 1.0
-    fwd, aug, tgrad = time_interleaved(runners(net, path, aug_path, x, seed), repeats, clock)
+    fwd, aug, tgrad = time_interleaved(runners(zoo.build(name), *paths, x, seed), repeats, clock)
     return {"network": name, "fwd": fwd, "aug": aug, "torch": tgrad,
             "aug/fwd": aug / fwd, "aug/torch": aug / tgrad,
-            "file ratio": aug_path.stat().st_size / path.stat().st_size}
+            "file ratio": paths[1].stat().st_size / paths[0].stat().st_size}
+
+
+def median_row(rounds: list[dict]) -> dict:
+    """Each measurement's median over the rounds of one network; aug/fwd's range kept."""
+    row = {key: float(np.median([r[key] for r in rounds])) for key in rounds[0] if key != "network"}
+    ratios = [r["aug/fwd"] for r in rounds]
+    return {**row, "network": rounds[0]["network"], "range": (min(ratios), max(ratios))}
 
 
 def node_times(path: Path, feeds: dict, repeats: int) -> list[tuple[str, str, float]]:
@@ -276,8 +286,9 @@ def print_table(rows: list[dict]) -> None:
           "| file ratio |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
+        spread = "" if r["range"][0] == r["range"][1] else " ({:.2f}-{:.2f})".format(*r["range"])
         print(f"| {r['network']} | {r['fwd']:.2f} | {r['aug']:.2f} | {r['torch']:.2f} "
-              f"| {r['aug/fwd']:.2f} | {r['aug/torch']:.2f} | {r['file ratio']:.3f} |")
+              f"| {r['aug/fwd']:.2f}{spread} | {r['aug/torch']:.2f} | {r['file ratio']:.3f} |")
     misses = []
     for key, limit in TARGETS.items():
         names = [f"{r['network']} ({r[key]:.2f})" for r in rows if r[key] > limit]
@@ -302,18 +313,23 @@ def main() -> None:
     print(f"torch threads: {torch.get_num_threads()}, onnxruntime threads: "
           f"{args.threads or 'default'}, clock {args.clock}, onnxruntime {ort.__version__}, "
           f"torch {torch.__version__}, exporter {args.exporter}, repeats {args.repeats}")
-    rows = []
+    rounds: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.nets.split(","):
+        paths = {}
+        for name in (n.strip() for n in args.nets.split(",")):
             try:
-                rows.append(bench(name.strip(), Path(tmp), args.repeats, args.exporter == "dynamo",
-                                  CLOCK[args.clock]))
-                if args.profile:
-                    print_profile(name.strip(), Path(tmp), args.repeats, args.profile)
-                print(f"done {name}", file=sys.stderr, flush=True)
+                paths[name] = prepare(name, Path(tmp), args.exporter == "dynamo")
             except Exception as exc:  # one failing network must not stop the benchmark
                 print(f"FAILED {name}: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
-    print_table(rows)
+        for round_ in range(args.rounds):
+            for name, files in paths.items():
+                rounds.setdefault(name, []).append(
+                    bench(name, files, args.repeats, CLOCK[args.clock]))
+                print(f"done {name} (round {round_ + 1})", file=sys.stderr, flush=True)
+        if args.profile:
+            for name in paths:
+                print_profile(name, Path(tmp), args.repeats, args.profile)
+    print_table([median_row(r) for r in rounds.values()])
 
 
 if __name__ == "__main__":
