@@ -234,7 +234,8 @@ def test_class_map_head_transposes_only_seeded_classes(rows, kernel, stride):
     pad, elem = kernel // 2, TensorProto.FLOAT
     graph = helper.make_graph(
         [helper.make_node("Conv", ["x", "w"], ["c"], pads=[pad] * 4, strides=[stride] * 2),
-         helper.make_node("Relu", ["c"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+         helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("GlobalAveragePool", ["r"], ["p"]),
          helper.make_node("Flatten", ["p"], ["y"])],
         "head", [helper.make_tensor_value_info("x", elem, ["N", 16, 5, 6])],
         [helper.make_tensor_value_info("y", elem, ["N", classes])],

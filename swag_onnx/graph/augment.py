@@ -334,7 +334,8 @@ def _attach(model, g: Emitter, info, layer_names: list[str], grads: dict[str, st
     """Wire the seed input, the new outputs and the contract metadata into the model."""
     graph = model.graph
     score_shape = g.shape(info.score)
-    batch = score_shape[0] if score_shape and score_shape[0] is not None else _batch_name(model, info)
+    batch = (score_shape[0] if score_shape and score_shape[0] is not None
+             else _batch_name(model, info))
     graph.input.append(helper.make_tensor_value_info(
         SEED, g.dtype(info.image_input) or onnx.TensorProto.FLOAT, [batch, info.num_classes]))
     outputs = [(SCORE, info.score, info.score)]

@@ -62,7 +62,6 @@ def wiring(nodes: list[Node]) -> tuple[dict[str, int], dict[str, Node]]:
     return readers, {o: node for node in nodes for o in node.outputs}
 
 
-
 class Emitter:
     """Collects the nodes and initializers of the backward graph.
 
@@ -116,7 +115,7 @@ class Emitter:
             if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
                 tensor = node.attribute[0].t
             elif node.op_type == "Identity" and node.input[0] in self._constants:
-                tensor = self._constants[node.input[0]]  # torch's export shares equal weights so
+                tensor = self._constants[node.input[0]]  # torch shares equal weights so
                 self._aliases[node.output[0]] = self._aliases.get(node.input[0], node.input[0])
             if tensor is not None:
                 self._constants[node.output[0]] = tensor
