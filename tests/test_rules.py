@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from gradcheck import assert_vjp, away_from, one_node_model, separated, session
 from swag_onnx import augment_model
+from swag_onnx.graph.rules import pooling
 
 RNG = np.random.default_rng(42)
 X4 = (2, 3, 4, 5)
@@ -520,15 +521,21 @@ def test_max_pool_float16_argmax_route_as_torch():
 
 
 @pytest.mark.parametrize("channels", [16, 6])  # blocked masks and not
-@pytest.mark.parametrize("concat,pool", [(False, True), (True, True), (True, False)])
-def test_relu_mask_moved_to_pool_or_concat(concat, pool, channels):
+@pytest.mark.parametrize("concat,pool,route", [
+    (False, True, "separable"), (True, True, "separable"), (True, False, "separable"),
+    (False, True, "argmax"), (True, True, "argmax"),  # the Indices + ScatterElements route
+])
+def test_relu_mask_moved_to_pool_or_concat(concat, pool, route, channels, monkeypatch):
     """Conv -> Relu -> MaxPool 3x3/2 (ceil), Relu outputs -> Concat -> MaxPool (SqueezeNet's
     fire modules) and Relu outputs -> Concat read twice (GoogLeNet's inception modules): the
     Relu's gradient mask is applied to the pooled or concatenated dY (no mask reads a Relu
-    output); the input gradient equals, bit for bit, the one of the same model augmented with
-    the Relu outputs requested as layers (masks where they were), and torch's float64 autograd.
-    The input holds small integers, so windows tie, at 0 (all negative) included."""
+    output), by either MaxPool route; the input gradient equals, bit for bit, the one of the
+    same model augmented with the Relu outputs requested as layers (masks where they were), and
+    torch's float64 autograd. The input holds small integers, so windows tie, at 0 (all
+    negative) included."""
     import torch
+
+    monkeypatch.setattr(pooling, "FORMULATION", route)
 
     halves = [list(range(channels // 2)), list(range(channels // 2, channels))] if concat else [None]
     nodes, inits, relus = [], [], []

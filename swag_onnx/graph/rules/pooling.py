@@ -101,7 +101,7 @@ def max_pool(g, n, dys, needs):
         flat = g.ints([-1])
         zeros = g.op("Reshape", g.zeros_like(n.inputs[0]), flat)
         spread = g.op("ScatterElements", zeros, g.op("Reshape", indices, flat),
-                      g.op("Reshape", dys[0], flat), axis=0, reduction="add")
+                      g.op("Reshape", dy, flat), axis=0, reduction="add")
         return [g.reshape_like(spread, n.inputs[0])]
     return [_max_pool_taps(g, n, dy, indices)]
 
