@@ -167,6 +167,79 @@ def test_blocked_batch_norm_gradient_follows_an_overridden_scale():
                                rtol=1e-5, atol=1e-6)
 
 
+def _inception(channels=16):
+    """x [N, C, 8, 8] read by three Convs (1x1, 1x1, 3x3) and a MaxPool 3x3/1 (pad 1) whose
+    output a 1x1 Conv reads (GoogLeNet's inception module), the four concatenated, flattened."""
+    rng = np.random.default_rng(11)
+    shapes = {"w1": [channels, channels, 1, 1], "w2": [channels, channels, 1, 1],
+              "w3": [channels, channels, 3, 3], "w4": [channels, channels, 1, 1]}
+    inits = [numpy_helper.from_array((rng.standard_normal(s) * 0.3).astype(np.float32), name)
+             for name, s in shapes.items()]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["b1"]),
+             helper.make_node("Conv", ["x", "w2"], ["b2"]),
+             helper.make_node("Conv", ["x", "w3"], ["b3"], pads=[1, 1, 1, 1]),
+             helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["p", "w4"], ["b4"]),
+             helper.make_node("Concat", ["b1", "b2", "b3", "b4"], ["c"], axis=1),
+             helper.make_node("Flatten", ["c"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "inception", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", channels, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4 * channels * 64])],
+        initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model, {i.name: numpy_helper.to_array(i) for i in inits}
+
+
+def test_conv_terms_summed_first_in_onnxruntimes_blocked_layout(tmp_path):
+    """The gradient of a blocked map read by three Convs and a MaxPool adds the Conv terms
+    first, two at a time (onnxruntime folds each Add into a convolution), then the MaxPool's:
+    onnxruntime converts one map back for that Sum instead of three; the gradient is torch's
+    (float64)."""
+    import torch
+
+    model, w = _inception()
+    augmented = augment_model(model)
+    producers = {o: n for n in augmented.graph.node for o in n.output}
+    total = producers[producers["swag.grad.x"].input[0]]
+    assert total.op_type == "Sum" and len(total.input) == 2
+
+    def convs_added(name):  # the number of Conv outputs a chain of two-input Sums adds
+        node = producers[name]
+        if node.op_type == "Sum" and len(node.input) == 2:
+            counts = [convs_added(t) for t in node.input]
+            return sum(counts) if all(counts) else 0
+        return int(node.op_type == "Conv")
+
+    assert sorted(convs_added(t) for t in total.input) == [0, 3]
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(augmented.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(tmp_path / "optimized.onnx")
+    readers = {}
+    for node in optimized.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node.op_type)
+    converted_for_sums = [n for n in optimized.graph.node if n.op_type == "ReorderOutput"
+                          and "Sum" in readers.get(n.output[0], [])]
+    if any(n.op_type == "ReorderInput" or n.domain == "com.microsoft.nchwc"
+           for n in optimized.graph.node):  # a CPU with onnxruntime's blocked layout
+        assert len(converted_for_sums) == 1
+
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2, 16, 8, 8)).astype(np.float32)
+    seed = rng.standard_normal((2, 4 * 16 * 64)).astype(np.float32)
+    got = session(augmented).run(["swag.grad.x"], {"x": x, "swag.seed": seed})[0]
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    conv = lambda t, name, pad=0: torch.nn.functional.conv2d(  # noqa: E731
+        t, torch.tensor(w[name], dtype=torch.float64), padding=pad)
+    pooled = torch.nn.functional.max_pool2d(xt, 3, stride=1, padding=1)
+    out = torch.cat([conv(xt, "w1"), conv(xt, "w2"), conv(xt, "w3", 1), conv(pooled, "w4")], 1)
+    (out.flatten(1) * torch.tensor(seed, dtype=torch.float64)).sum().backward()
+    np.testing.assert_allclose(got, xt.grad.numpy(), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("axis", [-1, 1, 2])
 def test_layer_norm(axis):
     shape = X4[axis:] if axis != -1 else X4[-1:]

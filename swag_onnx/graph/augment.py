@@ -304,7 +304,7 @@ def _collect(g, pending, done, name):
     terms = pending.pop(name, None)
     if not terms:
         return None
-    total = g.add_all(terms)
+    total = g.add_all(terms, name)
     if all(term in g.unexpanded for term in terms):  # no full-size term to broadcast against
         total = g.expand_like(total, name)
     done[name] = total

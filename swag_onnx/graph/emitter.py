@@ -77,6 +77,7 @@ class Emitter:
         self._counter = 0
         self._const_cache: dict[tuple, str] = {}
         self.unexpanded: set[str] = set()  # gradient terms to broadcast where they are summed
+        self._conv_outputs: set[str] = set()  # outputs of the Convs emitted here
         # Relu outputs whose mask the MaxPool or Concat reading them applies to its dY instead,
         # and those nodes' outputs (see activations.relu_mask_carriers)
         self.relu_masks_moved: set[str] = set()
@@ -161,6 +162,8 @@ class Emitter:
         attrs = {k: v for k, v in attrs.items() if v is not None}
         self.nodes.append(helper.make_node(op_type, list(inputs), outputs,
                                            name=self.fresh(op_type + "_node"), **attrs))
+        if op_type == "Conv":
+            self._conv_outputs.add(outputs[0])
         return outputs[0] if n_out == 1 else outputs
 
     def const(self, value, dtype=np.float32) -> str:
@@ -282,8 +285,20 @@ class Emitter:
         grad = self.reduce_sum(grad, list(range(lead)), keepdims=False)
         return grad
 
-    def add_all(self, terms: list[str]) -> str:
-        return terms[0] if len(terms) == 1 else self.op("Sum", *terms)
+    def add_all(self, terms: list[str], like: str) -> str:
+        """The sum of the gradient terms of forward tensor `like`. On a blocked map the Conv
+        terms are added first, two at a time: onnxruntime folds each such Add into one of its
+        convolutions (which accumulates into the other term), and converts only their sum back
+        for the other terms (GoogLeNet's inception inputs: three Conv terms and a MaxPool's;
+        a Sum of all four converted the three back and ran unblocked)."""
+        convs = [t for t in terms if t in self._conv_outputs] if self.blocked(like) else []
+        if len(convs) < 2 or len(convs) == len(terms) == 2:
+            return terms[0] if len(terms) == 1 else self.op("Sum", *terms)
+        total = convs[0]
+        for term in convs[1:]:
+            total = self.op("Sum", total, term)
+        rest = [t for t in terms if t not in convs]
+        return self.op("Sum", total, *rest) if rest else total
 
 
 def _default_opset(model: onnx.ModelProto) -> int:

@@ -166,7 +166,9 @@ def _route_axis(g, tensors, where, window, sizes, dtype):
         else:
             tap = _tap(g, z, where, (firsts[t], stride), sizes, g.const(-np.inf, dtype))
             running = tap if running is None else g.op("Max", running, tap)
-        reached = g.op("Where", g.op("Equal", running, y), dy, zero)
+        # a Mul by the cast mask, not Where(.., dY, 0): onnxruntime's Where is 1.2-1.5x slower
+        hit = g.op("Cast", g.op("Equal", running, y), to=helper.np_dtype_to_tensor_dtype(dtype))
+        reached = g.op("Mul", dy, hit)
         shares.append(reached if t == 0 else g.op("Sub", reached, below))
         below = reached
     shares.append(dy if k == 1 else g.op("Sub", dy, below))
