@@ -579,6 +579,39 @@ def test_max_pool_stem_shapes_as_torch(values):
         assert np.array_equal(got, _torch_max_pool_grad(x, attrs, seed_rows)), (kernel, stride)
 
 
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_max_pool_same_size_shifts_rows_as_torch(rank):
+    """A 3x3/1 pad-1 pool (GoogLeNet's inception branch) shifts its innermost axis on flattened
+    maps, whose rows run into each other: what crosses a row's end is a tap in the padding,
+    whose share is exactly 0 (a NaN-filled tap 0 never matches; a tap after the row takes
+    dY - dY). Inputs full of ties (all-zero windows, rows ending in their maximum) and a column of
+    -inf (a window whose only real taps are -inf gives its dY to the first, as in torch): dY goes
+    where torch's float64 backward sends it, bit for bit."""
+    rng = np.random.default_rng(13)
+    shape = (2, 3) + (7, 6, 5)[:rank]
+    x = rng.integers(0, 3, shape).astype(np.float32)
+    x[..., 0] = -np.inf
+    x[..., 1] = np.where(rng.random(shape[:-1]) < 0.5, -np.inf, 0.0)
+    x[..., -1] = 2.0
+    attrs = {"kernel_shape": [3] * rank, "strides": [1] * rank, "pads": [1] * 2 * rank,
+             "ceil_mode": 0, "dilations": [1] * rank}
+    image = x.reshape(shape[:3] + (-1,))
+    model = one_node_model("MaxPool", image.shape, attrs=attrs, reshape_to=shape,
+                           dtype=TensorProto.FLOAT)
+    augmented = augment_model(model)
+    flattened = {n.output[0] for n in augmented.graph.node if n.op_type == "Reshape"
+                 and list(numpy_helper.to_array(_initializer(augmented, n.input[1]))) == [0, -1]}
+    assert any(n.op_type == "Pad" and n.input[0] in flattened for n in augmented.graph.node)
+    width = session(model).run(None, {"x": image})[0].shape[1]
+    seed_rows = rng.integers(1, 2**10, (2, width)).astype(np.float32)
+    got = session(augmented).run(["swag.grad.x"], {"x": image, "swag.seed": seed_rows})[0]
+    assert np.array_equal(got.reshape(shape), _torch_max_pool_grad(x, attrs, seed_rows))
+
+
+def _initializer(model, name):
+    return next(i for i in model.graph.initializer if i.name == name)
+
+
 def test_max_pool_float16_argmax_route_as_torch():
     """Float16 pools keep the argmax route (one-hot taps + ConvTranspose: onnxruntime's CPU
     ScatterElements cannot add float16), first maximum as torch."""

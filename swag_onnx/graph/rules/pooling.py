@@ -143,18 +143,36 @@ def _max_pool_separable(g, n, dy):
     ins = zs[::-1]
     for a, z, y in zip(active, ins, [n.outputs[0]] + ins[:-1]):
         where = (2 + a, rank + 2, y_sizes[a + 1:])  # the axes after a are pooled already
-        dy = _route_axis(g, (z, y, dy), where, (kernel[a], strides[a], dilations[a], pads[a]),
-                         (x_sizes[a], y_sizes[a]), g.np_dtype(n.inputs[0]))
+        window = (kernel[a], strides[a], dilations[a], pads[a])
+        rows = None
+        if a == rank - 1 and _rows_shift_exactly(window, (x_sizes[a], y_sizes[a])):
+            rows = [0] + list(g.shape(n.inputs[0])[1:])  # z is the pool's input here
+        dy = _route_axis(g, (z, y, dy), where, window, (x_sizes[a], y_sizes[a]),
+                         g.np_dtype(n.inputs[0]), rows)
     return dy
 
 
-def _route_axis(g, tensors, where, window, sizes, dtype):
+def _rows_shift_exactly(window, sizes) -> bool:
+    """Whether the shares of the innermost axis may be placed by shifting each map flattened
+    (rows joined): a stride-1 pool keeping the axis's size, padded by at most 1 before, whose
+    second running maximum is a pool. One Pad then copies whole maps, not rows of a few
+    elements (GoogLeNet's 3x3/1 pools: 14-element rows, where a Pad is 4x slower per element
+    and slower still on two threads). Exact: what crosses a row's end is the share of a tap in
+    the padding, which is 0 (tap 0 before the row: padded with NaN, which matches no maximum;
+    taps after the row: dY - dY, for finite dY)."""
+    (k, stride, dilation, begin), (n_in, n_out) = window, sizes
+    return (stride == 1 and n_in == n_out and begin <= 1
+            and (k <= 2 or _prefix_end((1, stride, dilation, begin), sizes) is not None))
+
+
+def _route_axis(g, tensors, where, window, sizes, dtype, rows=None):
     """dZ of Y = MaxPool(Z) pooled along one axis only, each window's dY to its first maximum.
 
     tensors: Z [..., n_in, ...], Y and dY [..., n_out, ...]; where: (axis, rank, sizes of the
-    later axes); window: (k, stride, dilation, begin pad); sizes: (n_in, n_out). With M_t the
-    maximum of the window's taps 0..t (padding: -inf), h_t = dY where M_t == Y else 0 rises once
-    from 0 to dY: tap t takes h_t - h_{t-1} (h_{k-1} = dY, as M_{k-1} = Y)."""
+    later axes); window: (k, stride, dilation, begin pad); sizes: (n_in, n_out); rows: the
+    static shape of Z (batch 0) when its shifts run on flattened maps (_rows_shift_exactly).
+    With M_t the maximum of the window's taps 0..t (padding: -inf), h_t = dY where M_t == Y
+    else 0 rises once from 0 to dY: tap t takes h_t - h_{t-1} (h_{k-1} = dY, as M_{k-1} = Y)."""
     (z, y, dy), (k, stride, dilation, begin) = tensors, window
     firsts = [dilation * t - begin for t in range(k)]  # input position of tap t in window 0
     zero = g.const(0.0, dtype)
@@ -164,7 +182,8 @@ def _route_axis(g, tensors, where, window, sizes, dtype):
         if pooled is not None:
             running = pooled
         else:
-            tap = _tap(g, z, where, (firsts[t], stride), sizes, g.const(-np.inf, dtype))
+            fill = np.nan if rows is not None and t == 0 else -np.inf
+            tap = _tap(g, z, where, (firsts[t], stride), sizes, g.const(fill, dtype))
             running = tap if running is None else g.op("Max", running, tap)
         # a Mul by the cast mask, not Where(.., dY, 0): onnxruntime's Where is 1.2-1.5x slower
         hit = g.op("Cast", g.op("Equal", running, y), to=helper.np_dtype_to_tensor_dtype(dtype))
@@ -172,7 +191,20 @@ def _route_axis(g, tensors, where, window, sizes, dtype):
         shares.append(reached if t == 0 else g.op("Sub", reached, below))
         below = reached
     shares.append(dy if k == 1 else g.op("Sub", dy, below))
+    if rows is not None:
+        placed = [_shift_rows(g, share, first, rows, zero) for share, first in zip(shares, firsts)]
+        return placed[0] if len(placed) == 1 else g.op("Sum", *placed)
     return _place_taps(g, shares, where, (firsts, stride), sizes, zero)
+
+
+def _shift_rows(g, x, shift, shape, zero):
+    """x [N, ...] moved `shift` elements later (negative: earlier) in each flattened map [N, -1],
+    `zero` (a scalar constant) shifted in; reshaped back to the static `shape` (batch 0)."""
+    if shift == 0:
+        return x
+    flat = g.op("Reshape", x, g.ints([0, -1]))
+    moved = _pad_axis(g, flat, (1, 2), shift, -shift, zero)
+    return g.op("Reshape", moved, g.ints(shape))
 
 
 def _prefix_pool(g, z, where, prefix, sizes):
@@ -182,18 +214,32 @@ def _prefix_pool(g, z, where, prefix, sizes):
     pools 5-10% faster); None when onnxruntime's pads < kernel rule forbids it, and for tap 0
     at stride 1 (a shift, which Pad does in one op)."""
     (axis, rank, _), (t, stride, dilation, begin), (n_in, n_out) = where, prefix, sizes
-    windows = [(n_in + begin + end - dilation * t - 1) // stride + 1 for end in range(t + 1)]
-    if (t == 0 and (begin or stride == 1)) or begin > t or windows[-1] < n_out:
+    end = _prefix_end(prefix, sizes)
+    if end is None:
         return None
-    end = next(e for e, w in enumerate(windows) if w >= n_out)
     spatial, count = axis - 2, rank - 2
     pooled = g.op("MaxPool", z, kernel_shape=_on_axis(t + 1, spatial, count),
                   strides=_on_axis(stride, spatial, count),
                   dilations=_on_axis(dilation, spatial, count),
                   pads=_on_axis(begin, spatial, count, 0) + _on_axis(end, spatial, count, 0))
-    if windows[end] == n_out:
+    if _prefix_windows(prefix, n_in, end) == n_out:
         return pooled
     return g.op("Slice", pooled, g.ints([0]), g.ints([n_out]), g.ints([axis]))
+
+
+def _prefix_windows(prefix, n_in, end):
+    """The number of windows of M_t's pool (kernel t + 1) with end padding `end`."""
+    t, stride, dilation, begin = prefix
+    return (n_in + begin + end - dilation * t - 1) // stride + 1
+
+
+def _prefix_end(prefix, sizes):
+    """The end padding of M_t's pool: the least that gives it n_out windows; None when there is
+    no such pool (onnxruntime's pads < kernel rule, or tap 0 at stride 1: a shift)."""
+    (t, stride, _, begin), (n_in, n_out) = prefix, sizes
+    if (t == 0 and (begin or stride == 1)) or begin > t:
+        return None
+    return next((e for e in range(t + 1) if _prefix_windows(prefix, n_in, e) >= n_out), None)
 
 
 def _on_axis(value, axis, count, other=1):
