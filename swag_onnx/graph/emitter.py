@@ -292,7 +292,7 @@ class Emitter:
         for the other terms (GoogLeNet's inception inputs: three Conv terms and a MaxPool's;
         a Sum of all four converted the three back and ran unblocked)."""
         convs = [t for t in terms if t in self._conv_outputs] if self.blocked(like) else []
-        if len(convs) < 2 or len(convs) == len(terms) == 2:
+        if len(convs) < 2:
             return terms[0] if len(terms) == 1 else self.op("Sum", *terms)
         total = convs[0]
         for term in convs[1:]:
