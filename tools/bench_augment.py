@@ -322,9 +322,15 @@ def main() -> None:
             except Exception as exc:  # one failing network must not stop the benchmark
                 print(f"FAILED {name}: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
         for round_ in range(args.rounds):
-            for name, files in paths.items():
-                rounds.setdefault(name, []).append(
-                    bench(name, files, args.repeats, CLOCK[args.clock]))
+            for name, files in list(paths.items()):
+                try:
+                    row = bench(name, files, args.repeats, CLOCK[args.clock])
+                except Exception as exc:  # nor one failing run: that network is left out
+                    print(f"FAILED {name}: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+                    del paths[name]
+                    rounds.pop(name, None)
+                    continue
+                rounds.setdefault(name, []).append(row)
                 print(f"done {name} (round {round_ + 1})", file=sys.stderr, flush=True)
         if args.profile:
             for name in paths:
