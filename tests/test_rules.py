@@ -111,12 +111,16 @@ def test_blocked_backward_keeps_the_symbolic_batch(tmp_path):
     operands' shapes equal, symbolic batch included: the seed's batch takes the image's name
     (here "batch_size"), AveragePool's backward keeps the batch (no [N*C, ...] reshape), so that
     after onnxruntime's constant folding ONNX shape inference gives the input gradient the
-    image's batch name; a blocked BatchNormalization's gradient is a per-channel affine
+    image's batch name, and so do the declared outputs; a blocked BatchNormalization's
+    gradient is a per-channel affine
     BatchNormalization (no Mul by a [C, 1, 1] constant); the gradient is torch's (float64)."""
     model, (scale, bias, mean, var) = _densenet_transition("batch_size")
     augmented = augment_model(model)
     seed_batch = [i for i in augmented.graph.input if i.name == "swag.seed"][0]
     assert seed_batch.type.tensor_type.shape.dim[0].dim_param == "batch_size"
+    # every output (score, gradients, activations) declares the image's batch by its name
+    assert {o.type.tensor_type.shape.dim[0].dim_param for o in augmented.graph.output} == {
+        "batch_size"}
     backward = [n for n in augmented.graph.node if n.name.startswith("swag/")]
     assert "Sqrt" not in {n.op_type for n in backward}  # scale / std folded in
     options = ort.SessionOptions()

@@ -402,11 +402,20 @@ def complete_shapes(model: onnx.ModelProto) -> Emitter:
     kept = [vi for vi in model.graph.value_info if vi.name not in found]
     del model.graph.value_info[:]
     model.graph.value_info.extend(kept)
+    batch = batch_name(model, image)
     for name, dims in found.items():
         dtype = facts.dtype(name) or onnx.TensorProto.FLOAT
         model.graph.value_info.append(onnx.helper.make_tensor_value_info(
-            name, dtype, [d if d is not None else "N" for d in dims]))
+            name, dtype, [d if d is not None else batch for d in dims]))
     return Emitter(model, set())
+
+
+def batch_name(model: onnx.ModelProto, image: str) -> str:
+    """The symbolic name of the image input's batch dimension ("N" when it has none)."""
+    for value in model.graph.input:
+        if value.name == image and value.type.tensor_type.shape.dim:
+            return value.type.tensor_type.shape.dim[0].dim_param or "N"
+    return "N"
 
 
 QUANTIZED_HINT = ("quantise the model in QDQ format (onnxruntime.quantization.quantize_static "

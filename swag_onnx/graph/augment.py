@@ -312,21 +312,8 @@ def _collect(g, pending, done, name):
 
 
 def _value_info(g: Emitter, name: str, like: str):
-    shape = g.shape(like)
-    dims = None if shape is None else [d if d is not None else f"{like}_dim{i}"
-                                       for i, d in enumerate(shape)]
-    return helper.make_tensor_value_info(name, g.dtype(like) or onnx.TensorProto.FLOAT, dims)
-
-
-def _batch_name(model: onnx.ModelProto, info) -> str:
-    """The symbolic name of the image input's batch dimension ("N" when it has none). The seed
-    shares it: onnxruntime keeps a backward Mul in its blocked layout only when it can prove
-    both operands' shapes equal, and a seed batch named otherwise (a model exported with
-    "batch_size") left every mask Mul of DenseNet-121 unblocked, two layout conversions each."""
-    for value in model.graph.input:
-        if value.name == info.image_input and value.type.tensor_type.shape.dim:
-            return value.type.tensor_type.shape.dim[0].dim_param or "N"
-    return "N"
+    return helper.make_tensor_value_info(name, g.dtype(like) or onnx.TensorProto.FLOAT,
+                                         g.dims(like))
 
 
 def _attach(model, g: Emitter, info, layer_names: list[str], grads: dict[str, str],
@@ -334,8 +321,12 @@ def _attach(model, g: Emitter, info, layer_names: list[str], grads: dict[str, st
     """Wire the seed input, the new outputs and the contract metadata into the model."""
     graph = model.graph
     score_shape = g.shape(info.score)
+    # the seed's batch is named as the image's: onnxruntime keeps a backward Mul in its blocked
+    # layout only when it can prove both operands' shapes equal, and a seed batch named
+    # otherwise (a model exported with "batch_size") left every mask Mul of DenseNet-121
+    # unblocked, two layout conversions each
     batch = (score_shape[0] if score_shape and score_shape[0] is not None
-             else _batch_name(model, info))
+             else analysis.batch_name(model, info.image_input))
     graph.input.append(helper.make_tensor_value_info(
         SEED, g.dtype(info.image_input) or onnx.TensorProto.FLOAT, [batch, info.num_classes]))
     outputs = [(SCORE, info.score, info.score)]

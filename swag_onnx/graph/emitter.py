@@ -88,6 +88,7 @@ class Emitter:
         self.seed: str | None = None
         self._seed_classes: str | None = None
         self._shapes: dict[str, Shape] = {}
+        self._dim_names: dict[str, tuple[str | None, ...]] = {}  # symbolic dims ("N"), by axis
         self._dtypes: dict[str, int] = {}
         self._values: dict[str, np.ndarray] = {}
         self._constants: dict[str, onnx.TensorProto] = {}
@@ -107,6 +108,7 @@ class Emitter:
                 self._shapes[vi.name] = tuple(
                     d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim
                 )
+                self._dim_names[vi.name] = tuple(d.dim_param or None for d in t.shape.dim)
         for init in g.initializer:
             self._dtypes[init.name] = init.data_type
             self._shapes[init.name] = tuple(init.dims)
@@ -126,6 +128,15 @@ class Emitter:
     def shape(self, name: str) -> Shape | None:
         """Static shape of a tensor (None dims where unknown), or None if even the rank is unknown."""
         return self._shapes.get(name)
+
+    def dims(self, name: str) -> list[int | str] | None:
+        """Shape of a forward tensor with its symbolic dims by name ("N"; `<name>_dim<axis>`
+        where shape inference left a dim unnamed), or None if the rank is unknown."""
+        shape = self.shape(name)
+        if shape is None:
+            return None
+        names = self._dim_names.get(name, (None,) * len(shape))
+        return [d if d is not None else names[i] or f"{name}_dim{i}" for i, d in enumerate(shape)]
 
     def rank(self, name: str) -> int:
         shape = self.shape(name)
