@@ -112,8 +112,8 @@ def test_blocked_backward_keeps_the_symbolic_batch(tmp_path):
     (here "batch_size"), AveragePool's backward keeps the batch (no [N*C, ...] reshape), so that
     after onnxruntime's constant folding ONNX shape inference gives the input gradient the
     image's batch name, and so do the declared outputs; a blocked BatchNormalization's
-    gradient is a per-channel affine
-    BatchNormalization (no Mul by a [C, 1, 1] constant); the gradient is torch's (float64)."""
+    gradient is a per-channel affine BatchNormalization (no Mul by a [C, 1, 1] constant); the
+    gradient is torch's (float64)."""
     model, (scale, bias, mean, var) = _densenet_transition("batch_size")
     augmented = augment_model(model)
     seed_batch = [i for i in augmented.graph.input if i.name == "swag.seed"][0]
