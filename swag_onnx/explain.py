@@ -132,8 +132,8 @@ class Explainer:
                                           {m.name: checked for m, checked in planned})
         fixed = cards.parse_target(self.card, target, self.num_classes)
         needs = set().union(*(m.needs_for(checked) for m, checked in planned))
-        if needs & SHARED_RUN:
-            self.runner.gradient  # noqa: B018 (augment and load now: not timed as a model run)
+        if needs & SHARED_RUN:  # augment and load now: not timed as a model run
+            self.runner.gradient_session(input_grad="input_grad" in needs)
         start = time.perf_counter()
         rgbs = self._load(images)
         batch, geometries = imgs.batch_preprocess(rgbs, self.card)
@@ -177,7 +177,8 @@ class Explainer:
         seed = np.zeros((len(batch), self.num_classes), np.float32)  # zero row: the top-1 class
         if fixed is not None:
             seed[:, fixed] = 1.0
-        outputs = self.runner.gradients(batch, seed, parameters)
+        outputs = self.runner.gradients(batch, seed, parameters,
+                                        input_grad="input_grad" in needs)
         probabilities = softmax(outputs.scores)
         targets = _targets(probabilities, fixed)
         if meta:

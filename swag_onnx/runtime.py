@@ -30,7 +30,7 @@ from importlib import metadata
 
 from swag_onnx.errors import BadModelError, BadOptionError
 from swag_onnx.graph import SCORE, SEED, Contract, act_name, augment, grad_name
-from swag_onnx.graph.augment import weight_grad_name
+from swag_onnx.graph.augment import keep_outputs, weight_grad_name
 from swag_onnx.graph.model_io import load_model
 
 # TF32 (onnxruntime's CUDA default on Ampere and later) rounds convolution inputs to 10-bit
@@ -238,11 +238,12 @@ def _float32(values: np.ndarray) -> np.ndarray:
 
 @dataclass
 class GradientOutputs:
-    """One gradient run: scores [N, K], input gradient (model layout), and per-layer
-    activations/gradients (as the model computes them, e.g. [N, C, h, w])."""
+    """One gradient run: scores [N, K], input gradient (model layout; None from a run that
+    stopped at the layers), and per-layer activations/gradients (as the model computes them,
+    e.g. [N, C, h, w])."""
 
     scores: np.ndarray
-    input_grad: np.ndarray
+    input_grad: np.ndarray | None
     activations: dict[str, np.ndarray]
     layer_grads: dict[str, np.ndarray]
 
@@ -260,7 +261,8 @@ class ModelRunner:
         self.model = Path(model)
         info = basic_info(load_model(self.model), score)
         self._basic = Contract(info.image_input, info.layout, info.score, info.num_classes, [])
-        self._augmented = None  # (gradient session, contract), made on first use
+        self._augmented = None  # (augmented model's path, its contract), made on first use
+        self._gradient_sessions = {}  # with the input gradient (True) or not -> session
         self._plain = None
         self._meta = None  # (session, contract, original parameter values), made on first use
         self._stages = None  # parameter_stages, found with the weights-augmented model
@@ -285,15 +287,33 @@ class ModelRunner:
     def gradient(self):
         """The session on the augmented model (augmented and cached on first use; raises
         BadModelError naming the op that cuts the gradient path when there is none)."""
+        return self.gradient_session(input_grad=True)
+
+    def _augmentation(self) -> tuple[Path, Contract]:
+        """The augmented model's path in the cache and its contract, augmented on first use."""
         with self._building:
             if self._augmented is None:
                 import onnx
 
                 grad_model = augmented_path(self.model, *self._layers_score)
-                contract = Contract.from_model(onnx.load(str(grad_model),
-                                                         load_external_data=False))
-                self._augmented = (_session(grad_model, *self._options), contract)
-        return self._augmented[0]
+                self._augmented = (grad_model, Contract.from_model(
+                    onnx.load(str(grad_model), load_external_data=False)))
+            return self._augmented
+
+    def gradient_session(self, input_grad: bool):
+        """A session on the augmented model; input_grad False (and the model has layers): one
+        that returns the score and the layers only, the backward below the layers pruned
+        (augment.keep_outputs), for runs that read no input gradient (the layer methods:
+        Grad-CAM's run then costs little more than a forward pass)."""
+        with self._building:
+            path, contract = self._augmentation()
+            input_grad = input_grad or not contract.layers
+            if input_grad not in self._gradient_sessions:
+                image = grad_name(contract.image_input)
+                model = path if input_grad else \
+                    _pruned(load_model(path), lambda name: name != image) or path
+                self._gradient_sessions[input_grad] = _session(model, *self._options)
+            return self._gradient_sessions[input_grad]
 
     @property
     def provider(self) -> str:
@@ -321,8 +341,7 @@ class ModelRunner:
 
     @property
     def layers(self) -> list[str]:
-        self.gradient  # noqa: B018 (the layers are resolved by the augmentation)
-        return self.contract.layers
+        return self._augmentation()[1].layers  # resolved by the augmentation
 
     @property
     def requested_layers(self) -> list[str]:
@@ -378,22 +397,25 @@ class ModelRunner:
                 self._baked.pop(next(iter(self._baked)))  # the oldest
             return self._baked[key]
 
-    def gradients(self, batch: np.ndarray, seed: np.ndarray,
-                  parameters: dict | None = None) -> GradientOutputs:
+    def gradients(self, batch: np.ndarray, seed: np.ndarray, parameters: dict | None = None,
+                  input_grad: bool = True) -> GradientOutputs:
         """One forward+backward run: d sum(score * seed) / d (input, layers); an all-zero seed
         row stands for that image's top-1 class. parameters: as in `scores` (the run is then
-        made on the weights-augmented model, fed the given values)."""
-        session = self.gradient
-        c = self.contract
-        feed = {}
+        made on the weights-augmented model, fed the given values). input_grad False: the
+        caller reads no input gradient (GradientOutputs.input_grad is then None where the
+        model has layers), so the run stops at the layers (see gradient_session)."""
+        c = self._augmentation()[1]
+        input_grad = input_grad or not c.layers or bool(parameters)
         if parameters:
             session, feed = self._meta_parts()[1], self._overrides(parameters)
-        fetch = [SCORE, grad_name(c.image_input)]
+        else:
+            session, feed = self.gradient_session(input_grad), {}
+        fetch = [SCORE] + [grad_name(c.image_input)] * input_grad
         fetch += [act_name(t) for t in c.layers] + [grad_name(t) for t in c.layers]
         batch = np.asarray(batch, self.input_type)
-        values = session.run(fetch, {c.image_input: batch, SEED: seed.astype(batch.dtype),
-                                     **feed})
-        return self._outputs([_float32(v) for v in values])
+        values = [_float32(v) for v in session.run(
+            fetch, {c.image_input: batch, SEED: seed.astype(batch.dtype), **feed})]
+        return self._outputs(values if input_grad else values[:1] + [None] + values[1:])
 
     def parameter_values(self) -> dict[str, np.ndarray]:
         """{parameter name: its value (read-only)} of every parameter a run may override, in
@@ -435,8 +457,8 @@ class ModelRunner:
 
     def _meta_parts(self):
         """Sessions on the weights-augmented model (one returning the parameter gradients, one
-        without those outputs, so that onnxruntime drops their nodes), its contract and the
-        original parameter values."""
+        without those outputs and the nodes that only they need: augment.keep_outputs), its
+        contract and the original parameter values."""
         with self._building:
             if self._meta is None:
                 from onnx import numpy_helper
@@ -451,11 +473,10 @@ class ModelRunner:
                 for value in originals.values():
                     value.setflags(write=False)  # handed out by parameter_values
                 with_weights = _session(model.SerializeToString(), *self._options)
-                outputs = [o for o in model.graph.output if not o.name.startswith("swag.wgrad.")]
-                del model.graph.output[:]
-                model.graph.output.extend(outputs)
-                self._meta = (with_weights, _session(model.SerializeToString(), *self._options),
-                              contract, originals)
+                without = _pruned(model, lambda name: not name.startswith("swag.wgrad.")) \
+                    or model.SerializeToString()
+                self._meta = (with_weights, _session(without, *self._options), contract,
+                              originals)
         return self._meta
 
     def stepped_gradients(self, batch: np.ndarray, loss_seed: np.ndarray, seed: np.ndarray,
@@ -523,6 +544,16 @@ class ModelRunner:
             head.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, t.dims)
                                     for t in head.graph.initializer if t.name in wanted)
         return _session(head.SerializeToString(), *self._options)
+
+
+def _pruned(model, keep) -> bytes | None:
+    """augment.keep_outputs(model, keep), serialised; None where that cannot be (onnx's
+    Extractor takes no sparse initializers or quantization annotations, protobuf serialises no
+    model beyond 2 GiB): the caller then runs the whole model, slower with the same results."""
+    try:
+        return keep_outputs(model, keep).SerializeToString()
+    except ValueError:
+        return None
 
 
 def _stage_layers(model: Path, score: str) -> list[str]:

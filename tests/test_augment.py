@@ -70,6 +70,39 @@ def test_score_found_before_softmax_and_gradient_matches_torch(softmax_model):
     assert act_name(info.auto_layer) in out and grad_name(info.auto_layer) in out
 
 
+def _dead_nodes(model: onnx.ModelProto) -> list[str]:
+    """Nodes none of whose outputs is read by another node or is a graph output."""
+    read = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    return [n.name for n in model.graph.node if not read & set(n.output)]
+
+
+@pytest.mark.parametrize("weights", [False, True])
+def test_keep_outputs_prunes_the_backward_that_only_dropped_outputs_need(softmax_model, weights):
+    """keep_outputs leaves no node that no kept output needs (onnxruntime would run it): without
+    the input gradient, nothing reads the layer's gradient but its output (the Relu mask and the
+    Conv's input gradient below it are gone); without the weight gradients, none of their nodes
+    is left. The kept outputs equal the full model's bit for bit; the contract is kept."""
+    from swag_onnx.graph.augment import keep_outputs
+
+    full = augment_model(onnx.load(softmax_model), layers=["auto"], weights=weights)
+    layer = Contract.from_model(full).layers[0]
+    dropped = (lambda name: name.startswith("swag.wgrad.")) if weights else \
+        (lambda name: name == grad_name("image"))
+    pruned = keep_outputs(full, lambda name: not dropped(name))
+    assert [o.name for o in pruned.graph.output] == [
+        o.name for o in full.graph.output if not dropped(o.name)]
+    assert _dead_nodes(pruned) == [] and len(pruned.graph.node) < len(full.graph.node)
+    assert Contract.from_model(pruned) == Contract.from_model(full)
+    if not weights:
+        source = next(n.input[0] for n in pruned.graph.node if n.output[0] == grad_name(layer))
+        assert [n.op_type for n in pruned.graph.node if source in n.input] == ["Identity"]
+        assert len([n for n in full.graph.node if source in n.input]) > 1
+    x = np.random.default_rng(4).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    feeds = {"image": x, SEED: np.eye(5, dtype=np.float32)[[1, 3]]}
+    kept, everything = run(pruned, feeds), run(full, feeds)
+    assert all(np.array_equal(value, everything[name]) for name, value in kept.items())
+
+
 def test_batch_rows_are_independent(softmax_model):
     augmented = augment_model(onnx.load(softmax_model))
     x = np.random.default_rng(1).standard_normal((4, 3, 16, 16)).astype(np.float32)

@@ -240,6 +240,42 @@ def test_cache_is_keyed_by_model_and_augmentation_code(tmp_path, monkeypatch):
     runtime.augmenter_digest.cache_clear()
 
 
+def test_layer_methods_run_without_the_input_gradient():
+    """Grad-CAM reads no input gradient: its shared run is made on a session that stops at the
+    layers (the augmented model pruned below them), the only gradient session built for it.
+    That run's scores, activations and layer gradients equal the full run's bit for bit, and so
+    do the maps; a method that reads the input gradient adds the full session."""
+    explainer = Explainer()
+    cam, = explainer.explain([data.chelsea()], method="gradcam")
+    assert list(explainer.runner._gradient_sessions) == [False]
+    both = explainer.explain([data.chelsea()], method=["gradcam", "gradient"])
+    assert sorted(explainer.runner._gradient_sessions) == [False, True]
+    assert np.array_equal(cam.saliency, both[0].saliency)
+    x = np.random.default_rng(2).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    seed = np.eye(explainer.num_classes, dtype=np.float32)[[281, 967]]
+    full = explainer.runner.gradients(x, seed)
+    layers = explainer.runner.gradients(x, seed, input_grad=False)
+    assert layers.input_grad is None and full.input_grad.shape == x.shape
+    assert np.array_equal(layers.scores, full.scores)
+    for name in explainer.runner.layers:
+        assert np.array_equal(layers.activations[name], full.activations[name])
+        assert np.array_equal(layers.layer_grads[name], full.layer_grads[name])
+
+
+def test_layer_methods_run_on_the_whole_model_where_it_cannot_be_pruned(monkeypatch):
+    """Where onnx's Extractor or protobuf refuses the model (ValueError: sparse initializers,
+    beyond 2 GiB), the layer methods run on the whole augmented model: same maps."""
+    from swag_onnx import runtime
+
+    pruned, = Explainer().explain([data.coffee()], method="gradcam")
+
+    def refuse(model, keep):
+        raise ValueError("len_sparse_initializer is 1, it must be 0.")
+    monkeypatch.setattr(runtime, "keep_outputs", refuse)
+    whole, = Explainer().explain([data.coffee()], method="gradcam")
+    assert np.array_equal(whole.saliency, pruned.saliency)
+
+
 OTHER_METHODS = [m for m, entry in METHODS.items()
                  if m not in SWAG_METHODS and not entry.control]
 FAST = {"steps": 8, "samples": 20, "masks": 100}

@@ -212,7 +212,7 @@ def test_bad_protocol_option_is_refused_before_any_map(photo_file, tmp_path, mon
     runs = []
     real = ModelRunner.gradients
     monkeypatch.setattr(ModelRunner, "gradients",
-                        lambda self, *a: runs.append(1) or real(self, *a))
+                        lambda self, *a, **k: runs.append(1) or real(self, *a, **k))
     out = tmp_path / "eval"
     args = ["evaluate", str(photo_file), "--method", "gradient", "--metric", "insertion",
             "--out", str(out), "--step", "2240"]

@@ -542,7 +542,7 @@ def test_explainer_average_equals_pooled_numpy_average(relu_mlp, monkeypatch, so
     runs = []
     real = ModelRunner.gradients
     monkeypatch.setattr(ModelRunner, "gradients",
-                        lambda self, b, *a: runs.append(len(b)) or real(self, b, *a))
+                        lambda self, b, *a, **k: runs.append(len(b)) or real(self, b, *a, **k))
     image = _photo(MLP_SIZE)
     result, = Explainer(path, card=card).explain(
         [image], method="swag", superpixels=source, average=average, average_samples=samples,

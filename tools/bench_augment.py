@@ -10,11 +10,13 @@ one's run):
   (a) onnxruntime forward only on the original model (CPUExecutionProvider, default options);
   (b) onnxruntime on the augmented model, fed a one-hot ``swag.seed`` and fetching all outputs
       (score, gradients, activations);
-  (c) torch eager forward + backward of the same class score with respect to the input.
+  (c) torch eager forward + backward of the same class score with respect to the input;
+  (d) onnxruntime on the augmented model pruned below the layers (augment.keep_outputs without
+      the input gradient), the session swag_onnx runs for the layer methods (Grad-CAM & co.).
 
 It also compares the file sizes of the original and the augmented .onnx and prints a markdown
-table, followed by the networks that miss the targets aug/fwd <= 3.0, aug/torch <= 0.5 and
-file ratio <= 1.05, and the median aug/fwd against its target 2.5. Networks that fail to export
+table (with (d) as "layers/fwd"), followed by the networks that miss the targets aug/fwd <= 3.0,
+aug/torch <= 0.5 and file ratio <= 1.05, and the median aug/fwd against its target 2.5. Networks that fail to export
 or augment are reported on one line and skipped.
 
 With ``--profile N`` it also prints, per network, the N op types that take the most time in the
@@ -55,6 +57,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import zoo  # noqa: E402
 
 from swag_onnx import augment_model  # noqa: E402
+from swag_onnx.graph import Contract, grad_name  # noqa: E402
+from swag_onnx.graph.augment import keep_outputs  # noqa: E402
 
 SIZE = 224
 CLASSES = 1000
@@ -165,19 +169,26 @@ def bench_deployed(repeats: int, clock=time.perf_counter) -> None:
             print(f"| {name} | {f:.2f} | {a:.2f} | {a / f:.2f}{verdict} |", flush=True)
 
 
-def prepare(name: str, workdir: Path, dynamo: bool) -> tuple[Path, Path]:
-    """Build, export and augment one network; returns (original path, augmented path)."""
+def prepare(name: str, workdir: Path, dynamo: bool) -> tuple[Path, Path, Path]:
+    """Build, export and augment one network; returns the paths of the original, the augmented
+    and the augmented model pruned below its layers (no input gradient)."""
     path = zoo.export(zoo.build(name), SIZE, workdir / f"{name}.onnx", dynamo=dynamo)
-    aug_path = workdir / f"{name}.aug.onnx"
-    onnx.save(augment_model(onnx.load(path), layers=["auto"]), aug_path)
-    return path, aug_path
+    aug_path, layers_path = workdir / f"{name}.aug.onnx", workdir / f"{name}.layers.onnx"
+    augmented = augment_model(onnx.load(path), layers=["auto"])
+    onnx.save(augmented, aug_path)
+    image_grad = grad_name(Contract.from_model(augmented).image_input)
+    onnx.save(keep_outputs(augmented, lambda output: output != image_grad), layers_path)
+    return path, aug_path, layers_path
 
 
-def runners(net: torch.nn.Module, path: Path, aug_path: Path, x: np.ndarray, seed: np.ndarray):
-    """Three zero-argument callables: ORT forward, ORT augmented, torch forward+backward."""
+def runners(net: torch.nn.Module, path: Path, aug_path: Path, layers_path: Path, x: np.ndarray,
+            seed: np.ndarray):
+    """Four zero-argument callables: ORT forward, ORT augmented, torch forward+backward, ORT
+    augmented without the input gradient."""
     providers = ["CPUExecutionProvider"]
     fwd = ort.InferenceSession(str(path), session_options(), providers=providers)
     aug = ort.InferenceSession(str(aug_path), session_options(), providers=providers)
+    layers = ort.InferenceSession(str(layers_path), session_options(), providers=providers)
     image = fwd.get_inputs()[0].name
     xt, seed_t = torch.from_numpy(x), torch.from_numpy(seed)
     for parameter in net.parameters():  # input gradient only, as the augmented model computes
@@ -189,7 +200,8 @@ def runners(net: torch.nn.Module, path: Path, aug_path: Path, x: np.ndarray, see
 
     return [lambda: fwd.run(None, {image: x}),
             lambda: aug.run(None, {image: x, SEED_NAME: seed}),
-            torch_grad]
+            torch_grad,
+            lambda: layers.run(None, {image: x, SEED_NAME: seed})]
 
 
 def time_interleaved(funcs, repeats: int, clock=time.perf_counter) -> list[float]:
@@ -215,15 +227,16 @@ def time_interleaved(funcs, repeats: int, clock=time.perf_counter) -> list[float
     return [float(np.median(s)) for s in samples]
 
 
-def bench(name: str, paths: tuple[Path, Path], repeats: int, clock) -> dict:
+def bench(name: str, paths: tuple[Path, Path, Path], repeats: int, clock) -> dict:
     """One round of measurements for one network (exported and augmented at `paths`)."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, 3, SIZE, SIZE), dtype=np.float32)
     seed = np.zeros((1, CLASSES), np.float32)
     seed[0, int(rng.integers(CLASSES))] = 1.0
-    fwd, aug, tgrad = time_interleaved(runners(zoo.build(name), *paths, x, seed), repeats, clock)
-    return {"network": name, "fwd": fwd, "aug": aug, "torch": tgrad,
-            "aug/fwd": aug / fwd, "aug/torch": aug / tgrad,
+    fwd, aug, tgrad, layers = time_interleaved(runners(zoo.build(name), *paths, x, seed),
+                                               repeats, clock)
+    return {"network": name, "fwd": fwd, "aug": aug, "torch": tgrad, "layers": layers,
+            "aug/fwd": aug / fwd, "aug/torch": aug / tgrad, "layers/fwd": layers / fwd,
             "file ratio": paths[1].stat().st_size / paths[0].stat().st_size}
 
 
@@ -283,12 +296,13 @@ def print_profile(name: str, workdir: Path, repeats: int, top: int) -> None:
 def print_table(rows: list[dict]) -> None:
     """The markdown table and the line naming the networks that miss each target."""
     print("| network | ORT fwd ms | augmented fwd+bwd ms | torch fwd+bwd ms | aug/fwd | aug/torch "
-          "| file ratio |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+          "| file ratio | layers only ms | layers/fwd |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         spread = "" if r["range"][0] == r["range"][1] else " ({:.2f}-{:.2f})".format(*r["range"])
         print(f"| {r['network']} | {r['fwd']:.2f} | {r['aug']:.2f} | {r['torch']:.2f} "
-              f"| {r['aug/fwd']:.2f}{spread} | {r['aug/torch']:.2f} | {r['file ratio']:.3f} |")
+              f"| {r['aug/fwd']:.2f}{spread} | {r['aug/torch']:.2f} | {r['file ratio']:.3f} "
+              f"| {r['layers']:.2f} | {r['layers/fwd']:.2f} |")
     misses = []
     for key, limit in TARGETS.items():
         names = [f"{r['network']} ({r[key]:.2f})" for r in rows if r[key] > limit]

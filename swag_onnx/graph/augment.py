@@ -362,6 +362,22 @@ def _check(model: onnx.ModelProto) -> None:
         onnx.checker.check_model(model)
 
 
+def keep_outputs(model: onnx.ModelProto, keep) -> onnx.ModelProto:
+    """A copy of `model` with only the graph outputs whose names `keep` accepts, and only the
+    nodes and initializers those need (every input kept). onnxruntime runs every node of a
+    graph whatever a run fetches, and does not drop nodes that no output needs: a session for
+    the layer methods (no input gradient) or for runs that do not want the parameter gradients
+    computes only what it returns this way (the backward below the layer, the weight
+    gradients' convolutions)."""
+    from onnx.utils import Extractor
+
+    names = [o.name for o in model.graph.output if keep(o.name)]
+    pruned = Extractor(model).extract_model([i.name for i in model.graph.input], names)
+    del pruned.metadata_props[:]
+    pruned.metadata_props.extend(model.metadata_props)
+    return pruned
+
+
 def augment(src: str | os.PathLike, dst: str | os.PathLike, layers=(),
             score: str | None = None, weights: bool = False) -> Contract:
     """Augment the model file `src` into `dst` (written atomically; `src` is never modified)."""
