@@ -2,7 +2,7 @@
 
 For each network (random weights, exported to ONNX at 224x224, batch 1, through tests/zoo.py) the
 script augments the model with ``augment_model(model, layers=["auto"])`` and times, interleaved in
-one loop so that machine noise hits all three alike (median of ``--repeats`` runs after 3 warm-up
+one loop so that machine noise hits all of them alike (median of ``--repeats`` runs after 3 warm-up
 runs each, batch 1, random 224 px input; the contenders alternate in blocks of a 0.2 s pause, one
 untimed and three timed runs, so that one runtime's spinning idle threads do not slow the next
 one's run):
@@ -16,8 +16,8 @@ one's run):
 
 It also compares the file sizes of the original and the augmented .onnx and prints a markdown
 table (with (d) as "layers/fwd"), followed by the networks that miss the targets aug/fwd <= 3.0,
-aug/torch <= 0.5 and file ratio <= 1.05, and the median aug/fwd against its target 2.5. Networks that fail to export
-or augment are reported on one line and skipped.
+aug/torch <= 0.5 and file ratio <= 1.05, and the median aug/fwd against its target 2.5.
+Networks that fail to export or augment are reported on one line and skipped.
 
 With ``--profile N`` it also prints, per network, the N op types that take the most time in the
 augmented model according to onnxruntime's profiler (per node the fastest of ``--repeats`` runs,
